@@ -1,0 +1,331 @@
+"""Decoder-only LM with grouped-query attention (Llama block: pre-RMSNorm, RoPE, SwiGLU, no biases).
+
+K and V have `n_kv_heads` (G) heads; query head j reads KV head j // (H // G), as HF `repeat_kv` does,
+so the model exports to `transformers.LlamaForCausalLM` with identical logits. Grouping is done by
+`scaled_dot_product_attention(..., enable_gqa=True)`: K/V are never repeated to H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    block_size: int
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int | None = None  # None: d_model // n_heads; set it to hold head size fixed across a sweep
+    d_ff: int | None = None  # None: SwiGLU width ~8/3 d_model, rounded up to a multiple of 32
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    sdpa_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        H, G = self.n_heads, self.n_kv_heads
+        for name in ("vocab_size", "block_size", "n_layers", "d_model", "n_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(G, int) or G <= 0:
+            raise ValueError(
+                f"n_kv_heads={G!r} must be a positive integer; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))} (divisors of n_heads={H})"
+            )
+        if G > H:
+            raise ValueError(
+                f"n_kv_heads={G} is larger than n_heads={H}; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))} (G=1 is MQA, G={H} is MHA)"
+            )
+        if H % G:
+            raise ValueError(
+                f"n_heads={H} is not divisible by n_kv_heads={G}; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))}"
+            )
+        if self.d_head is None:
+            if self.d_model % H:
+                ok = [h for h in divisors(self.d_model) if self.d_model // h % 2 == 0]
+                raise ValueError(
+                    f"d_model={self.d_model} is not divisible by n_heads={H}; choose n_heads from "
+                    f"{', '.join(map(str, ok)) or 'a divisor of d_model'} or set d_head explicitly"
+                )
+            self.d_head = self.d_model // H
+        if self.d_head <= 0 or self.d_head % 2:
+            raise ValueError(
+                f"d_head={self.d_head} must be even and positive for RoPE (d_model={self.d_model}, "
+                f"n_heads={H}); pick d_model and n_heads so that d_model // n_heads is even"
+            )
+        if self.d_ff is None:
+            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """Bytes of K and V cache one token occupies across all layers: 2 * G * d_head * L * bytes."""
+        return 2 * self.n_kv_heads * self.d_head * self.n_layers * bytes_per_element
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sdpa_context(backend: str):
+    """Pin SDPA to one backend, so a silent fallback to the math kernel cannot hide in a sweep."""
+    if backend == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        {
+            "flash": SDPBackend.FLASH_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "math": SDPBackend.MATH,
+        }[backend]
+    )
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32 then cast back, as HF Llama does: bf16 variance is too coarse.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.d_head, 2, dtype=torch.float32) / cfg.d_head))
+    freqs = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # half-rotation layout (HF Llama), not interleaved pairs
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache:
+    """Per-layer K/V buffers of shape (B, G, block_size, d_head): exactly G heads, never H."""
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
+        shape = (batch_size, cfg.n_kv_heads, cfg.block_size, cfg.d_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.length = 0  # tokens already stored
+
+    def nbytes(self, length: int | None = None) -> int:
+        """Bytes held by `length` cached tokens (default: the filled part) over all layers."""
+        n = self.length if length is None else length
+        per_token = sum(t[:, :, :1].nelement() * t.element_size() for t in self.k + self.v)
+        return per_token * n
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        self.q_proj = nn.Linear(cfg.d_model, H * D, bias=False)
+        self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
+        self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
+        self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        B, T, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.d_head).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, cos, sin)
+        causal = True
+        if cache is not None:
+            start = cache.length
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k = cache.k[layer][:, :, : start + T]
+            v = cache.v[layer][:, :, : start + T]
+            # A prefill starts at position 0 (plain causal); a single new token sees every cached one.
+            if start > 0 and T > 1:
+                raise ValueError("KV cache accepts a prefill at position 0 or one token at a time")
+            causal = start == 0
+        with sdpa_context(self.cfg.sdpa_backend):
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, enable_gqa=True)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    @torch.no_grad()
+    def max_logit(self, x, cos, sin) -> torch.Tensor:
+        """max |q.k| / sqrt(d_head) over heads and causal pairs, with K/V broadcast over each group."""
+        B, T, _ = x.shape
+        q, k, _ = self.qkv(x, cos, sin)
+        G, D = self.cfg.n_kv_heads, self.cfg.d_head
+        q = q.view(B, G, self.cfg.group_size, T, D)
+        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).abs() / math.sqrt(D)  # (B, G, H/G, T, T)
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        return scores.masked_fill(~mask, 0).amax()
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class DecoderLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                # GPT-2 scaling: residual branches shrink with depth so the stream's variance stays put.
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
+            else:
+                nn.init.normal_(p, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count; `non_embedding` drops the token-embedding table (a lookup, not a matmul)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and not self.cfg.tie_embeddings:
+            n -= self.embed.weight.numel()
+        return n
+
+    def _rope(self, start: int, T: int):
+        return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(
+                f"sequence of {start + T} tokens exceeds block_size={self.cfg.block_size}; "
+                f"crop the input to at most {self.cfg.block_size} tokens or build the model with a larger block_size"
+            )
+        cos, sin = self._rope(start, T)
+        x = self.embed(idx)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, cache, i)
+        if cache is not None:
+            cache.length += T
+        return self.lm_head(self.norm(x))
+
+    @torch.no_grad()
+    def max_attn_logit(self, idx: torch.Tensor) -> float:
+        """Largest |q.k|/sqrt(d_head) over all layers and heads on `idx` (attention-logit growth)."""
+        T = idx.shape[1]
+        cos, sin = self._rope(0, T)
+        x = self.embed(idx)
+        worst = torch.zeros((), device=idx.device)
+        for block in self.layers:
+            worst = torch.maximum(worst, block.attn.max_logit(block.attn_norm(x), cos, sin).float())
+            x = block(x, cos, sin)
+        return float(worst)
+
+    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        p = self.embed.weight
+        return KVCache(self.cfg, batch_size, p.device, dtype or p.dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Append `max_new_tokens` tokens to `idx` (B, T). temperature=0 is greedy.
+
+        With the cache, prompt + new tokens must fit in block_size (RoPE positions are absolute);
+        without it, the context slides over the last block_size tokens, as nanoGPT does.
+        """
+        bs = self.cfg.block_size
+        T = idx.shape[1]
+        if T > bs:
+            raise ValueError(f"prompt has {T} tokens but block_size={bs}; crop the prompt to its last {bs} tokens")
+        if use_cache and T + max_new_tokens > bs:
+            raise ValueError(
+                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds block_size={bs} for the KV cache; "
+                f"use max_new_tokens <= {bs - T} or use_cache=False (sliding window)"
+            )
+        cache = self.new_cache(idx.shape[0]) if use_cache else None
+        logits = self(idx, cache)[:, -1] if use_cache else None
+        for _ in range(max_new_tokens):
+            if not use_cache:
+                logits = self(idx[:, -bs:])[:, -1]
+            nxt = sample(logits, temperature, top_k, generator)
+            idx = torch.cat((idx, nxt), dim=1)
+            if use_cache and _ < max_new_tokens - 1:
+                logits = self(nxt, cache)[:, -1]
+        return idx
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator=None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)

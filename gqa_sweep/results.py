@@ -1,0 +1,196 @@
+"""The results store: one SQLite row per run plus its per-step history, under `results_dir/runs.sqlite`.
+
+SQLite in WAL mode is a real database that many processes (joblib, SLURM array jobs on one file
+system with locking) can write at once; each run is written in one transaction, so a crash or a
+SIGKILL leaves either the whole row or nothing. Read it with pandas (`load_runs`) or the sqlite3 CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+DB_NAME = "runs.sqlite"
+STATUSES = ("completed", "diverged", "failed")
+
+# Column name -> SQLite type. The first block is the public contract (see docs/metrics.md).
+RUN_COLUMNS: dict[str, str] = {
+    "run_id": "TEXT PRIMARY KEY",
+    "sweep": "TEXT",
+    "status": "TEXT",
+    "n_heads": "INTEGER",
+    "n_kv_heads": "INTEGER",
+    "group_size": "INTEGER",
+    "n_layers": "INTEGER",
+    "d_model": "INTEGER",
+    "d_head": "INTEGER",
+    "n_params": "INTEGER",
+    "seed": "INTEGER",
+    "lr": "REAL",
+    "max_steps": "INTEGER",
+    "tokens_seen": "INTEGER",
+    "val_loss": "REAL",
+    "val_ppl": "REAL",
+    "grad_norm_max": "REAL",
+    "loss_spikes": "INTEGER",
+    "max_attn_logit": "REAL",
+    "diverged_step": "INTEGER",
+    "train_tokens_per_s": "REAL",
+    "mfu": "REAL",
+    "peak_mem_bytes": "INTEGER",
+    "kv_bytes_per_token": "INTEGER",
+    "decode_tokens_per_s": "REAL",
+    "wall_s": "REAL",
+    "device": "TEXT",
+    "torch_version": "TEXT",
+    "config": "TEXT",
+    "started_at": "TEXT",
+    "finished_at": "TEXT",
+    # Beyond the contract.
+    "model_name": "TEXT",
+    "data_name": "TEXT",
+    "tokenizer": "TEXT",
+    "vocab_size": "INTEGER",
+    "batch_size": "INTEGER",
+    "block_size": "INTEGER",
+    "n_params_non_embedding": "INTEGER",
+    "train_loss": "REAL",
+    "grad_norm_spikes": "INTEGER",
+    "loss_spike_score": "REAL",
+    "flops_per_token": "REAL",
+    "model_flops_per_s": "REAL",
+    "kv_dtype": "TEXT",
+    "precision": "TEXT",
+    "sdpa_backend": "TEXT",
+    "init": "TEXT",
+    "alpha": "REAL",
+    "parent_run_id": "TEXT",
+    "resumed_from_step": "INTEGER",
+    "error": "TEXT",
+    "host": "TEXT",
+}
+HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+def db_path(results_dir: str | Path) -> Path:
+    return Path(results_dir) / DB_NAME
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    con = sqlite3.connect(path, timeout=60)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA busy_timeout=60000")
+    return con
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+class ResultsStore:
+    """Writes and reads runs in `results_dir/runs.sqlite`."""
+
+    def __init__(self, results_dir: str | Path) -> None:
+        self.dir = Path(results_dir)
+        self.path = db_path(self.dir)
+
+    def check_writable(self) -> None:
+        """Fail early, before any training, if the store cannot be created or written."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            probe = self.dir / f".write-probe-{id(self)}"
+            probe.write_text("ok")
+            probe.unlink()
+            self._init()
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(
+                f"results_dir={str(self.dir)!r} is not writable ({e.__class__.__name__}: {e}); "
+                "pass a writable directory, e.g. results_dir=$HOME/gqa-results"
+            ) from e
+
+    def _init(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with closing(_connect(self.path)) as con, con:
+            cols = ", ".join(f'"{c}" {t}' for c, t in RUN_COLUMNS.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS runs ({cols})")
+            have = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+            for c, t in RUN_COLUMNS.items():  # stores written by older versions gain new columns
+                if c not in have:
+                    con.execute(f'ALTER TABLE runs ADD COLUMN "{c}" {t.replace(" PRIMARY KEY", "")}')
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS history (run_id TEXT, step INTEGER, loss REAL, grad_norm REAL, "
+                "lr REAL, tokens_per_s REAL, max_attn_logit REAL, PRIMARY KEY (run_id, step))"
+            )
+
+    def status(self, run_id: str) -> str | None:
+        if not self.path.exists():
+            return None
+        with closing(_connect(self.path)) as con:
+            row = con.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def get(self, run_id: str) -> dict | None:
+        if not self.path.exists():
+            return None
+        df = load_runs(self.dir)
+        hit = df[df.run_id == run_id]
+        return None if hit.empty else hit.iloc[0].to_dict()
+
+    def write_run(self, row: dict, history: Iterable[dict] = ()) -> None:
+        """Upsert one run and replace its history, in a single transaction."""
+        if row.get("status") not in STATUSES:
+            raise ValueError(f"status={row.get('status')!r}; expected one of {STATUSES}")
+        unknown = set(row) - set(RUN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown result columns: {sorted(unknown)}")
+        self._init()
+        row = {k: _nan_to_none(v) for k, v in row.items()}
+        if isinstance(row.get("config"), dict):
+            row["config"] = json.dumps(row["config"], sort_keys=True, default=str)
+        cols = list(row)
+        sql = (
+            f"INSERT INTO runs ({', '.join(f'{c!r}' for c in cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT(run_id) DO UPDATE SET {', '.join(f'{c!r}=excluded.{c!r}' for c in cols if c != 'run_id')}"
+        )
+        hist = [tuple(_nan_to_none(h.get(c)) for c in HISTORY_COLUMNS) for h in history]
+        with closing(_connect(self.path)) as con, con:
+            con.execute(sql, [row[c] for c in cols])
+            con.execute("DELETE FROM history WHERE run_id = ?", (row["run_id"],))
+            con.executemany(
+                f"INSERT INTO history (run_id, {', '.join(HISTORY_COLUMNS)}) VALUES (?{', ?' * len(HISTORY_COLUMNS)})",
+                [(row["run_id"], *h) for h in hist],
+            )
+
+
+def load_runs(results_dir: str | Path, sweep: str | None = None) -> pd.DataFrame:
+    """All runs in the store, one row each, with every column of RUN_COLUMNS (NaN where not measured)."""
+    path = db_path(results_dir)
+    if not path.exists():
+        return pd.DataFrame(columns=list(RUN_COLUMNS))
+    with closing(_connect(path)) as con:
+        df = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, run_id", con)
+    if sweep is not None:
+        df = df[df.sweep == sweep].reset_index(drop=True)
+    return df.reindex(columns=list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS])
+
+
+def load_history(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-step training history (step, loss, grad_norm, lr, tokens_per_s, max_attn_logit) of runs."""
+    path = db_path(results_dir)
+    if not path.exists():
+        return pd.DataFrame(columns=["run_id", *HISTORY_COLUMNS])
+    with closing(_connect(path)) as con:
+        df = pd.read_sql_query("SELECT * FROM history ORDER BY run_id, step", con)
+    if run_ids is not None:
+        df = df[df.run_id.isin(list(run_ids))].reset_index(drop=True)
+    return df
