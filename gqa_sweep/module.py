@@ -1,0 +1,83 @@
+"""LightningModule: next-token loss, AdamW, warm-up + cosine schedule, gradient clipping.
+
+Metric bookkeeping lives in callbacks.py; this module only exposes the numbers a step produces
+(`last_loss`, `last_grad_norm`: the global L2 norm *before* clipping).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from gqa_sweep.model import DecoderLM, ModelConfig
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to `min_lr_ratio` at `max_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LMModule(L.LightningModule):
+    def __init__(
+        self,
+        model_config: dict,
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        warmup_steps: int = 20,
+        max_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+        grad_clip: float | None = 1.0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = DecoderLM(ModelConfig(**model_config))
+        self._forward = torch.compile(self.model) if compile else self.model
+        self.last_loss: torch.Tensor | None = None
+        self.last_grad_norm: torch.Tensor | None = None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = self._forward(x)
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(*batch)
+        self.last_loss = loss.detach()
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss = self.loss(*batch)
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # One pass gives both the pre-clip global norm (a stability metric) and the clipping itself.
+        clip = self.hparams.grad_clip
+        self.last_grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.parameters(), clip if clip and clip > 0 else float("inf")
+        ).detach()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        # Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama practice).
+        decay = [p for p in self.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            fused=self.device.type == "cuda" or None,
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
