@@ -59,20 +59,20 @@ class ModelConfig:
                 f"{', '.join(map(str, divisors(H)))}"
             )
         if self.d_head is None:
-            if self.d_model % H:
+            if self.d_model % H or self.d_model // H % 2:
+                why = "is not divisible by" if self.d_model % H else "gives an odd d_head (RoPE needs it even) with"
                 ok = [h for h in divisors(self.d_model) if self.d_model // h % 2 == 0]
                 raise ValueError(
-                    f"d_model={self.d_model} is not divisible by n_heads={H}; choose n_heads from "
-                    f"{', '.join(map(str, ok)) or 'a divisor of d_model'} or set d_head explicitly"
+                    f"d_model={self.d_model} {why} n_heads={H}; choose n_heads from "
+                    f"{', '.join(map(str, ok)) or '(none: d_model is odd)'} or set an even d_head explicitly"
                 )
             self.d_head = self.d_model // H
-        if self.d_head <= 0 or self.d_head % 2:
-            raise ValueError(
-                f"d_head={self.d_head} must be even and positive for RoPE (d_model={self.d_model}, "
-                f"n_heads={H}); pick d_model and n_heads so that d_model // n_heads is even"
-            )
+        if not isinstance(self.d_head, int) or self.d_head <= 0 or self.d_head % 2:
+            raise ValueError(f"d_head={self.d_head!r} must be a positive even integer for RoPE; set an even d_head")
         if self.d_ff is None:
-            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)
+            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)  # any width exports: HF takes it as is
+        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"d_ff={self.d_ff!r} must be a positive integer (or None for ~8/3 d_model)")
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
 
@@ -125,6 +125,8 @@ def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # Cast the tables to x's dtype (as HF does): under autocast fp32 tables would promote q/k to fp32.
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
@@ -173,10 +175,7 @@ class Attention(nn.Module):
             cache.v[layer][:, :, start : start + T] = v
             k = cache.k[layer][:, :, : start + T]
             v = cache.v[layer][:, :, : start + T]
-            # A prefill starts at position 0 (plain causal); a single new token sees every cached one.
-            if start > 0 and T > 1:
-                raise ValueError("KV cache accepts a prefill at position 0 or one token at a time")
-            causal = start == 0
+            causal = start == 0  # a prefill is plain causal; one new token sees every cached one
         with sdpa_context(self.cfg.sdpa_backend):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -253,14 +252,22 @@ class DecoderLM(nn.Module):
     def _rope(self, start: int, T: int):
         return self.rope_cos[start : start + T], self.rope_sin[start : start + T]
 
+    def _check_length(self, n: int) -> None:
+        if n > self.cfg.block_size:
+            raise ValueError(
+                f"sequence of {n} tokens exceeds block_size={self.cfg.block_size}; "
+                f"crop the input to at most {self.cfg.block_size} tokens or build the model with a larger block_size"
+            )
+
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.cfg.block_size:
-            raise ValueError(
-                f"sequence of {start + T} tokens exceeds block_size={self.cfg.block_size}; "
-                f"crop the input to at most {self.cfg.block_size} tokens or build the model with a larger block_size"
-            )
+        self._check_length(start + T)
+        if cache is not None:
+            if B != cache.k[0].shape[0]:
+                raise ValueError(f"batch of {B} sequences but the cache was built for {cache.k[0].shape[0]}")
+            if start > 0 and T > 1:
+                raise ValueError("KV cache accepts a prefill at position 0, then one token at a time")
         cos, sin = self._rope(start, T)
         x = self.embed(idx)
         for i, block in enumerate(self.layers):
@@ -273,6 +280,7 @@ class DecoderLM(nn.Module):
     def max_attn_logit(self, idx: torch.Tensor) -> float:
         """Largest |q.k|/sqrt(d_head) over all layers and heads on `idx` (attention-logit growth)."""
         T = idx.shape[1]
+        self._check_length(T)
         cos, sin = self._rope(0, T)
         x = self.embed(idx)
         worst = torch.zeros((), device=idx.device)
@@ -282,8 +290,12 @@ class DecoderLM(nn.Module):
         return float(worst)
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+        """Empty cache; its dtype defaults to the one K/V are computed in (autocast's, else the weights')."""
         p = self.embed.weight
-        return KVCache(self.cfg, batch_size, p.device, dtype or p.dtype)
+        if dtype is None:
+            amp = torch.is_autocast_enabled(p.device.type)
+            dtype = torch.get_autocast_dtype(p.device.type) if amp else p.dtype
+        return KVCache(self.cfg, batch_size, p.device, dtype)
 
     @torch.no_grad()
     def generate(
@@ -302,6 +314,11 @@ class DecoderLM(nn.Module):
         """
         bs = self.cfg.block_size
         T = idx.shape[1]
+        if T == 0 or max_new_tokens < 0 or (top_k is not None and top_k < 1):
+            raise ValueError(
+                f"need a prompt of >= 1 token (got {T}), max_new_tokens >= 0 (got {max_new_tokens}) "
+                f"and top_k >= 1 or None (got {top_k})"
+            )
         if T > bs:
             raise ValueError(f"prompt has {T} tokens but block_size={bs}; crop the prompt to its last {bs} tokens")
         if use_cache and T + max_new_tokens > bs:

@@ -1,0 +1,201 @@
+"""Convert between DecoderLM and transformers' `LlamaForCausalLM`; the `gqa-export` console script.
+
+Our block is HF Llama's (pre-RMSNorm, half-rotation RoPE, SwiGLU, no biases, query head j reading KV head
+j // (H // G) as `repeat_kv` does), so conversion only renames weights: no permutation, no rounding.
+transformers is an optional dependency, imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from gqa_sweep.model import DecoderLM, ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Our per-layer module names -> HF Llama's.
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn.q_proj": "self_attn.q_proj",
+    "attn.k_proj": "self_attn.k_proj",
+    "attn.v_proj": "self_attn.v_proj",
+    "attn.o_proj": "self_attn.o_proj",
+    "mlp_norm": "post_attention_layernorm",
+    "mlp.gate_proj": "mlp.gate_proj",
+    "mlp.up_proj": "mlp.up_proj",
+    "mlp.down_proj": "mlp.down_proj",
+}
+_TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("HF export needs transformers: pip install transformers") from e
+    return transformers
+
+
+def hf_key(name: str) -> str:
+    """HF Llama state-dict key of one of our parameter names ("layers.0.attn.q_proj.weight", ...)."""
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    if name == "lm_head.weight":
+        return name
+    _, i, rest = name.split(".", 2)
+    return f"model.layers.{i}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
+
+
+def hf_config(cfg: ModelConfig) -> LlamaConfig:
+    """The LlamaConfig of our model (block_size becomes max_position_embeddings)."""
+    if cfg.d_model % cfg.n_heads:
+        # LlamaConfig rejects this even when head_dim is given.
+        raise ValueError(
+            f"HF Llama needs d_model divisible by n_heads (got d_model={cfg.d_model}, n_heads={cfg.n_heads}, "
+            f"d_head={cfg.d_head}); only models with d_model % n_heads == 0 can be exported"
+        )
+    return _transformers().LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.d_model,
+        intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.d_head,
+        hidden_act="silu",
+        max_position_embeddings=cfg.block_size,
+        initializer_range=cfg.init_std,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,  # transformers 5 moves it into rope_parameters itself
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        # Our models have no special tokens; Llama's defaults (bos=1, eos=2) would stop HF generate early.
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+
+
+def to_hf(model: DecoderLM) -> LlamaForCausalLM:
+    """A `LlamaForCausalLM` (eval mode, same device and dtype) whose logits equal `model`'s."""
+    transformers = _transformers()
+    p = model.embed.weight
+    # from_config builds under `dtype`, so HF's fp32 RoPE frequencies stay fp32 (a later .to() would cast them).
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(model.cfg), dtype=p.dtype)
+    hf.load_state_dict({hf_key(k): v for k, v in model.state_dict().items()}, strict=True)
+    return hf.to(p.device).eval()
+
+
+def _rope_theta(c) -> float:
+    """rope_theta of a LlamaConfig; ValueError for any RoPE variant our model does not implement."""
+    # transformers 5 keeps RoPE settings in `rope_parameters`; 4.x in `rope_theta` + `rope_scaling`.
+    params = dict(getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ValueError(f"RoPE scaling rope_type={rope_type!r} is not supported (only plain RoPE, 'default')")
+    partial = params.get("partial_rotary_factor", getattr(c, "partial_rotary_factor", None))
+    if partial not in (None, 1, 1.0):
+        raise ValueError(f"partial_rotary_factor={partial} is not supported (RoPE must cover the whole head)")
+    return float(params.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
+
+
+def model_config_from_hf(c) -> ModelConfig:
+    """Our ModelConfig for an HF Llama config; ValueError naming what differs from our architecture."""
+    problems = []
+    if getattr(c, "model_type", None) != "llama":
+        problems.append(f"model_type={getattr(c, 'model_type', None)!r} (only 'llama')")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={c.hidden_act!r} (only 'silu', SwiGLU)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if getattr(c, flag, False):
+            problems.append(f"{flag}=True (our model has no biases)")
+    if getattr(c, "attention_dropout", 0.0):
+        problems.append(f"attention_dropout={c.attention_dropout} (our model has no dropout)")
+    try:
+        theta = _rope_theta(c)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("unsupported Llama config for DecoderLM: " + "; ".join(problems))
+    return ModelConfig(
+        vocab_size=c.vocab_size,
+        block_size=c.max_position_embeddings,
+        n_layers=c.num_hidden_layers,
+        d_model=c.hidden_size,
+        n_heads=c.num_attention_heads,
+        n_kv_heads=c.num_key_value_heads or c.num_attention_heads,
+        d_head=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        d_ff=c.intermediate_size,
+        rope_theta=theta,
+        norm_eps=c.rms_norm_eps,
+        tie_embeddings=bool(c.tie_word_embeddings),
+        init_std=c.initializer_range,
+    )
+
+
+def from_hf(llama_model: LlamaForCausalLM) -> DecoderLM:
+    """A DecoderLM (eval mode, same device and dtype) with the weights of an HF `LlamaForCausalLM`."""
+    if not hasattr(llama_model, "lm_head") or not hasattr(llama_model, "config"):
+        raise ValueError(f"expected a transformers LlamaForCausalLM, got {type(llama_model).__name__}")
+    cfg = model_config_from_hf(llama_model.config)
+    state = llama_model.state_dict()
+    p = llama_model.get_input_embeddings().weight
+    model = DecoderLM(cfg).to(device=p.device, dtype=p.dtype)
+    ours = model.state_dict()
+    extra = set(state) - {hf_key(k) for k in ours}
+    if extra:
+        raise ValueError(f"HF weights with no place in DecoderLM: {', '.join(sorted(extra)[:5])}")
+    model.load_state_dict({k: state[hf_key(k)] for k in ours}, strict=True)
+    return model.eval()
+
+
+def load_hf_dir(path: str | Path) -> DecoderLM:
+    """from_hf of a local HF Llama directory (config.json + weights); never touches the network."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")
+    transformers = _transformers()
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    model_config_from_hf(config)  # fail on an unsupported config before reading any weights
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, config=config, local_files_only=True)
+    return from_hf(hf)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """`gqa-export CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama directory."""
+    from gqa_sweep.checkpoint import load_model
+
+    parser = argparse.ArgumentParser(
+        prog="gqa-export",
+        description="Export a gqa-sweep checkpoint (model.pt or Lightning .ckpt) to a Hugging Face Llama "
+        "directory (config.json + model.safetensors) that LlamaForCausalLM.from_pretrained loads.",
+    )
+    parser.add_argument("checkpoint", help="model.pt or Lightning .ckpt of a gqa-sweep model")
+    parser.add_argument("out_dir", help="directory to write config.json and model.safetensors into")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default fp32)")
+    args = parser.parse_args(argv)
+    try:
+        model, _ = load_model(args.checkpoint)
+        hf = to_hf(model.to(DTYPES[args.dtype]))
+    except (ValueError, TypeError, RuntimeError, KeyError, ImportError) as e:
+        # One line on stderr: load_state_dict errors span many lines.
+        print(f"gqa-export: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    _transformers().utils.logging.disable_progress_bar()  # keep the CLI's output to its one summary line
+    hf.save_pretrained(args.out_dir, safe_serialization=True)
+    cfg = model.cfg
+    print(
+        f"wrote {Path(args.out_dir) / 'config.json'} and model.safetensors: LlamaForCausalLM, "
+        f"{model.num_params():,} params, H={cfg.n_heads} G={cfg.n_kv_heads}, {args.dtype}"
+    )
+    return 0
