@@ -90,15 +90,13 @@ def load_source(path: str | Path) -> tuple[DecoderLM, dict]:
             f"{str(path)!r} is a directory without config.json; pass a model.pt, a Lightning .ckpt "
             "or a Hugging Face Llama checkpoint directory (config.json + *.safetensors)"
         )
-    try:  # transformers is a dev extra and slow to import: only HF sources pay for it
-        from transformers import AutoModelForCausalLM
+    from gqa_sweep.hf import load_hf_dir  # lazily: transformers is a dev extra and slow to import
 
-        from gqa_sweep.hf import from_hf
-    except ImportError as e:
-        raise CheckpointError(
-            f"loading a Hugging Face checkpoint needs transformers ({e}); pip install 'gqa-sweep[dev]'"
-        ) from e
-    return from_hf(AutoModelForCausalLM.from_pretrained(path, local_files_only=True)), {}
+    try:
+        return load_hf_dir(path), {}
+    except (ImportError, OSError) as e:  # no transformers; config.json without (readable) weights
+        reason = " ".join(str(e).split())  # transformers' messages span lines; ours is one
+        raise CheckpointError(f"cannot load Hugging Face checkpoint {str(path)!r}: {reason}") from e
 
 
 def convert_file(path: str | Path, groups: int, method: str, out: str | Path, seed: int = 0):

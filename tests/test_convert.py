@@ -278,19 +278,30 @@ def test_cli_missing_groups_is_a_usage_error(capsys):
 
 # --- Hugging Face source ------------------------------------------------------------------------
 
+needs_hf = pytest.mark.skipif(
+    importlib.util.find_spec("gqa_sweep.hf") is None or importlib.util.find_spec("transformers") is None,
+    reason="HF import needs gqa_sweep.hf and transformers",
+)
 
-@pytest.mark.skipif(importlib.util.find_spec("gqa_sweep.hf") is None, reason="gqa_sweep.hf (HF import) not present")
-def test_cli_converts_a_hugging_face_llama_directory(tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
-    from gqa_sweep.hf import from_hf
+
+def save_tiny_llama(path, **overrides):
+    import transformers
 
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
         vocab_size=61, hidden_size=D_MODEL, intermediate_size=96, num_hidden_layers=LAYERS,
-        num_attention_heads=H, num_key_value_heads=4, max_position_embeddings=32,
+        num_attention_heads=H, num_key_value_heads=4, max_position_embeddings=32, **overrides,
     )
     llama = transformers.LlamaForCausalLM(config).eval()
-    llama.save_pretrained(tmp_path / "hf")
+    llama.save_pretrained(path)
+    return llama
+
+
+@needs_hf
+def test_cli_converts_a_hugging_face_llama_directory(tmp_path, capsys):
+    from gqa_sweep.hf import from_hf
+
+    llama = save_tiny_llama(tmp_path / "hf")
     out = tmp_path / "g2.pt"
     assert main([str(tmp_path / "hf"), "--groups", "2", "--out", str(out)]) == 0
     assert capsys.readouterr().out.startswith("H=8, G 4 -> 2 (mean): ")
@@ -300,3 +311,20 @@ def test_cli_converts_a_hugging_face_llama_directory(tmp_path, capsys):
     x = tokens()
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), expected.eval()(x), atol=1e-6, rtol=0)
+
+
+@needs_hf
+def test_cli_rejects_unusable_hugging_face_directories(tmp_path, capsys):
+    save_tiny_llama(tmp_path / "biased", attention_bias=True)
+    save_tiny_llama(tmp_path / "no_weights")
+    for f in (tmp_path / "no_weights").glob("*.safetensors"):
+        f.unlink()
+    capsys.readouterr()  # drop save_pretrained's progress bar
+    cases = {
+        "biased": "unsupported Llama config for DecoderLM: attention_bias=True (our model has no biases)",
+        "no_weights": f"cannot load Hugging Face checkpoint {str(tmp_path / 'no_weights')!r}: ",
+    }
+    for name, message in cases.items():
+        assert main([str(tmp_path / name), "--groups", "2", "--out", str(tmp_path / "o.pt")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gqa-convert: error: {message}") and err.count("\n") == 1, err
