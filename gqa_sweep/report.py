@@ -1,0 +1,613 @@
+"""Paper-style ablation tables and plots from the results store: the `gqa-report` console script.
+
+    gqa-report RESULTS_DIR [--sweep NAME] [--format md|latex|csv|all] [--out DIR] [--plots]
+    gqa-report --wandb ENTITY/PROJECT [...]
+
+Tables (each a raw numeric DataFrame, written as CSV, and a display DataFrame, written as Markdown/LaTeX):
+- `ablation`: one row per (model size, G) of the from-scratch runs. Every statistic is taken over the
+  *completed* runs only; diverged and failed runs are never averaged in, they are counted as k/N.
+- `lr_sensitivity` (when a G was run at several learning rates): final val loss per lr, best lr and
+  LR sensitivity = E_lr[min(loss(lr), loss_init) - min_lr min(loss(lr), loss_init)], loss_init = ln V.
+- `conversion` (when rows have init != scratch): val ppl by conversion method x uptraining fraction alpha,
+  with the MHA parent's ppl for reference (the GQA paper's Fig. 4/5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from gqa_sweep.results import DB_NAME, RUN_COLUMNS, STATUSES, load_history, load_runs
+
+DASH = "—"
+METHODS = ("mha_mean", "mha_first", "mha_random", "scratch")
+# The sweep config spells methods `mean|first|random`; the report labels them as the GQA paper does.
+_METHOD_ALIASES = {"mean": "mha_mean", "first": "mha_first", "random": "mha_random"}
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1}
+_NUMERIC = [c for c, t in RUN_COLUMNS.items() if t in ("INTEGER", "REAL")]
+_WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed"}
+FORMATS = ("md", "latex", "csv")
+
+TITLES = {
+    "ablation": "GQA ablation: quality, stability, speed and KV-cache size vs G",
+    "lr_sensitivity": "Learning-rate sensitivity per G",
+    "conversion": "MHA → GQA conversion: val ppl by method × uptraining fraction α",
+}
+NOTES = {
+    "ablation": (
+        "val ppl: mean ± sample std (ddof=1) over the n completed runs (\"± —\" when n = 1); diverged and "
+        "failed runs are never averaged, they are counted as k/N (N = all runs of the cell). "
+        "KV % of MHA = 100·G/H, from KV bytes/token = 2·G·d_head·L·bytes (needs no MHA run). "
+        "Δ ppl vs MHA: mean ppl relative to the mean ppl of the same model's G = H. "
+        "Throughput: medians; grad-norm max: max over runs; loss spikes: mean count per run; all over "
+        "completed runs. A cell run at several learning rates is shown at its best lr (see LR sensitivity)."
+    ),
+    "lr_sensitivity": (
+        "loss(lr): final val loss, mean over seeds, a diverged or failed run counting as loss_init = ln V "
+        "(a uniform predictor). LR sensitivity = mean over the lr grid of min(loss(lr), loss_init) − "
+        "min over lr of the same; 0 means every lr reached the best loss. Best lr: lowest loss(lr)."
+    ),
+    "conversion": (
+        "val ppl mean ± sample std (n completed / N runs) per conversion method and uptraining fraction α "
+        "(α = — : no α recorded, e.g. a from-scratch run of the full budget). MHA parent: mean val ppl of "
+        "the parent runs the checkpoints were converted from."
+    ),
+}
+
+
+class ReportError(ValueError):
+    """Bad input to the report; `main` prints it as one line and exits with status 2."""
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_results(results_dir: str | Path) -> pd.DataFrame:
+    """Every run in `results_dir`'s store; raises ReportError if the directory or the store is missing/empty."""
+    d = Path(results_dir)
+    if not d.is_dir():
+        raise ReportError(
+            f"results dir '{d}' does not exist; pass the results_dir a sweep wrote to "
+            "(gqa-sweep -m results_dir=DIR), or --wandb ENTITY/PROJECT"
+        )
+    runs = load_runs(d)
+    if runs.empty:
+        why = "has no runs" if (d / DB_NAME).exists() else f"has no {DB_NAME}"
+        raise ReportError(f"'{d}/' {why}; run a sweep first: gqa-sweep -m results_dir={d}")
+    return runs
+
+
+def load_wandb(path: str, timeout_s: int = 10) -> pd.DataFrame:
+    """Runs of a wandb project as store rows: each run's summary holds the row columns, config the config."""
+    if path.count("/") != 1 or not all(path.split("/")):
+        raise ReportError(f"--wandb {path!r}: expected ENTITY/PROJECT, e.g. --wandb my-team/gqa-sweep")
+    hint = "use the local results dir instead: gqa-report RESULTS_DIR"
+    try:
+        import wandb
+
+        # Api() would prompt for a key on a terminal; a report must fail fast instead.
+        if not wandb.login(prompt=False, verify=False):
+            raise ReportError(f"wandb could not be reached for {path!r} (no API key: set WANDB_API_KEY); {hint}")
+        rows = [_wandb_row(r) for r in wandb.Api(timeout=timeout_s).runs(path)]
+    except ReportError:
+        raise
+    except Exception as e:  # network, auth and "project not found" errors all mean: no wandb today
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise ReportError(f"wandb could not be reached for {path!r} ({type(e).__name__}: {msg}); {hint}") from e
+    rows = [r for r in rows if r.get("status") in STATUSES]  # runs still running have no result yet
+    if not rows:
+        raise ReportError(f"no finished runs in wandb project {path!r}; {hint}")
+    df = pd.DataFrame(rows)
+    return df.reindex(columns=list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS])
+
+
+def _wandb_row(run) -> dict:
+    row = {c: run.summary.get(c) for c in RUN_COLUMNS if run.summary.get(c) is not None}
+    row.setdefault("run_id", run.id)
+    row.setdefault("sweep", run.group)
+    row.setdefault("status", _WANDB_STATES.get(run.state))
+    row["config"] = json.dumps(dict(run.config), sort_keys=True, default=str)
+    return row
+
+
+def select_sweep(runs: pd.DataFrame, sweep: str | None, where: str) -> pd.DataFrame:
+    """Rows of one sweep (all rows if `sweep` is None); an unknown name is an error naming the known ones."""
+    if sweep is None:
+        return runs
+    known = sorted(runs.sweep.dropna().astype(str).unique())
+    if sweep not in known:
+        raise ReportError(f"no sweep {sweep!r} in {where}; sweeps: {', '.join(known) or '(none)'}")
+    return runs[runs.sweep == sweep].reset_index(drop=True)
+
+
+def prepare(runs: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns as numbers, a `model` label ordered by size, and a normalised `init` method."""
+    df = runs.copy()
+    for c in _NUMERIC:
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    derived = "L" + df.n_layers.astype("Int64").astype(str) + "-d" + df.d_model.astype("Int64").astype(str)
+    label = df.model_name.astype(object).where(df.model_name.notna(), derived).astype(str)
+    order = df.assign(model=label).groupby("model").n_params.median().sort_values(na_position="last").index
+    df["model"] = pd.Categorical(label, categories=list(order), ordered=True)
+    df["init"] = df.init.astype(object).where(df.init.notna(), "scratch").replace(_METHOD_ALIASES)
+    return df
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def loss_init(cell: pd.DataFrame) -> float:
+    """Loss of a uniform predictor, ln V: what a diverged or failed run counts as."""
+    v = cell.vocab_size.median()
+    return math.log(v) if v > 0 else math.nan
+
+
+def loss_by_lr(cell: pd.DataFrame) -> pd.Series:
+    """Final val loss per lr, mean over seeds, with diverged/failed runs counted as ln V."""
+    per_run = cell.val_loss.where(cell.status == "completed", loss_init(cell))
+    return per_run.groupby(cell.lr).mean().sort_index()
+
+
+def best_lr_runs(cell: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the cell's best lr (lowest `loss_by_lr`); the cell itself if it has one lr."""
+    if cell.lr.nunique() <= 1:
+        return cell
+    losses = loss_by_lr(cell).dropna()
+    return cell if losses.empty else cell[cell.lr == losses.idxmin()]
+
+
+def _counts(cell: pd.DataFrame) -> dict:
+    status = cell.status.value_counts()
+    return {
+        "n_completed": int(status.get("completed", 0)),
+        "n_runs": len(cell),
+        "n_diverged": int(status.get("diverged", 0)),
+        "n_failed": int(status.get("failed", 0)),
+    }
+
+
+def _ppl_stats(done: pd.DataFrame) -> dict:
+    # std ddof=1 is NaN for a single run: shown as "± —", never as a fake 0.
+    return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1)}
+
+
+def _kv_bytes(cell: pd.DataFrame) -> float:
+    measured = cell.kv_bytes_per_token.median()
+    if not math.isnan(measured):
+        return measured
+    # A run that failed before measuring: the formula 2·G·d_head·L·bytes, bf16 unless kv_dtype says otherwise.
+    r = cell.iloc[0]
+    nbytes = _DTYPE_BYTES.get(str(r.kv_dtype).removeprefix("torch."), 2)
+    return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
+
+
+def _is_conversion(df: pd.DataFrame) -> pd.Series:
+    return (df.init != "scratch") | df.alpha.notna()
+
+
+def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Raw numeric ablation table: one row per (model, G) of the from-scratch runs, ordered by size then G."""
+    df = prepare(runs)
+    df = df[~_is_conversion(df)]
+    rows = []
+    for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
+        multi_lr = cell.lr.nunique() > 1
+        cell = best_lr_runs(cell)
+        done = cell[cell.status == "completed"]
+        rows.append({
+            "model": str(model), "n_heads": int(H), "G": int(G), "group_size": int(H // G),
+            "n_params": cell.n_params.median(),
+            "kv_bytes_per_token": _kv_bytes(cell),
+            "kv_pct_of_mha": 100.0 * G / H,
+            **_ppl_stats(done),
+            **_counts(cell),
+            "val_loss_mean": done.val_loss.mean(),
+            "train_tokens_per_s_median": done.train_tokens_per_s.median(),
+            "decode_tokens_per_s_median": done.decode_tokens_per_s.median(),
+            "grad_norm_max": done.grad_norm_max.max(),
+            "loss_spikes_mean": done.loss_spikes.mean(),
+            "lr": cell.lr.iloc[0] if cell.lr.nunique() == 1 else math.nan,
+            "lr_selected": multi_lr,
+        })
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    mha = table[table.G == table.n_heads].set_index("model").val_ppl_mean
+    table.insert(
+        table.columns.get_loc("val_ppl_std") + 1, "delta_ppl_vs_mha_pct",
+        100.0 * (table.val_ppl_mean / table.model.map(mha).astype(float) - 1.0),
+    )
+    return table
+
+
+def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Loss per lr, best lr and LR sensitivity per (model, G); empty unless some G has several lrs."""
+    df = prepare(runs)
+    df = df[~_is_conversion(df)]
+    if df.empty or df.groupby(["model", "n_kv_heads"], observed=True).lr.nunique().max() <= 1:
+        return pd.DataFrame()
+    rows = []
+    for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
+        if cell.lr.nunique() < 2:  # a single lr has no sensitivity to speak of
+            continue
+        l0 = loss_init(cell)
+        capped = loss_by_lr(cell).clip(upper=l0)
+        row = {"model": str(model), "n_heads": int(H), "G": int(G)}
+        row |= {f"loss_lr={lr:g}": loss for lr, loss in capped.items()}
+        row |= {
+            "best_lr": capped.idxmin() if capped.notna().any() else math.nan,
+            "best_loss": capped.min(),
+            "loss_init": l0,
+            "lr_sensitivity": (capped - capped.min()).mean(),
+            "n_lrs": len(capped),
+            **_counts(cell),
+        }
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    lr_cols = sorted((c for c in table if c.startswith("loss_lr=")), key=lambda c: float(c.split("=")[1]))
+    rest = [c for c in table if not c.startswith("loss_lr=")]
+    return table[rest[:3] + lr_cols + rest[3:]]
+
+
+def conversion_table(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Tidy table of val ppl per (model, G, method, alpha) for MHA->GQA conversion; empty if there is none.
+
+    Scratch runs of the converted (model, G) are the baseline. `all_runs` is where the MHA parents are
+    looked up (they usually belong to another sweep than the conversions).
+    """
+    df = prepare(runs)
+    converted = df[df.init != "scratch"]
+    if converted.empty:
+        return pd.DataFrame()
+    parents = prepare(all_runs if all_runs is not None else runs)
+    parents = parents[parents.status == "completed"].set_index("run_id").val_ppl
+    targets = converted[["model", "n_kv_heads"]].drop_duplicates()
+    df = df.merge(targets, on=["model", "n_kv_heads"])
+    rows = []
+    for (model, G, method), cell in df.groupby(["model", "n_kv_heads", "init"], observed=True, sort=True):
+        parent_ids = converted[(converted.model == model) & (converted.n_kv_heads == G)].parent_run_id.dropna()
+        parent_ppl = parents.reindex(parent_ids.unique()).mean()
+        for alpha, acell in cell.groupby(cell.alpha.fillna(-1.0), sort=True):  # -1: alpha not recorded
+            acell = best_lr_runs(acell)
+            done = acell[acell.status == "completed"]
+            rows.append({
+                "model": str(model), "G": int(G), "method": method,
+                "alpha": math.nan if alpha < 0 else alpha,
+                **_ppl_stats(done), **_counts(acell), "parent_val_ppl": parent_ppl,
+            })
+    table = pd.DataFrame(rows)
+    rank = {m: i for i, m in enumerate(METHODS)}
+    order = table.method.map(lambda m: rank.get(m, len(METHODS)))
+    return table.assign(_o=order).sort_values(["model", "G", "_o", "method", "alpha"]).drop(columns="_o")
+
+
+def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Every table the runs support, name -> raw numeric DataFrame (only non-empty ones)."""
+    tables = {
+        "ablation": ablation_table(runs),
+        "lr_sensitivity": lr_sensitivity_table(runs),
+        "conversion": conversion_table(runs, all_runs),
+    }
+    return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
+
+
+# ------------------------------------------------------------------------------------------ formatting
+
+
+def _num(x: float, fmt: str) -> str:
+    return DASH if x is None or pd.isna(x) else format(x, fmt)
+
+
+def _si(n: float) -> str:
+    if pd.isna(n):
+        return DASH
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    if n == 0:
+        return DASH
+    return f"{mean:.2f} ± {_num(std, '.2f')}"
+
+
+def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
+    """Display strings of the ablation table (Markdown/LaTeX)."""
+    out = pd.DataFrame({
+        "model": t.model,
+        "G": t.G.astype(str),
+        "H/G": t.group_size.astype(str),
+        "params": t.n_params.map(_si),
+        "KV B/token": t.kv_bytes_per_token.map(lambda x: _num(x, ",.0f")),
+        "KV % of MHA": t.kv_pct_of_mha.map(lambda x: _num(x, ".1f") + "%"),
+        "val ppl": [_mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
+        "n": t.n_completed.astype(str),
+        "Δ ppl vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
+        "train tok/s": t.train_tokens_per_s_median.map(lambda x: _num(x, ",.0f")),
+        "decode tok/s": t.decode_tokens_per_s_median.map(lambda x: _num(x, ",.0f")),
+        "grad-norm max": t.grad_norm_max.map(lambda x: _num(x, ".2f")),
+        "loss spikes": t.loss_spikes_mean.map(lambda x: _num(x, ".2f")),
+        "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
+        "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
+    })
+    if t.lr_selected.any():
+        out["best lr"] = t.lr.map(lambda x: _num(x, "g"))
+    return out
+
+
+def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
+    lr_cols = [c for c in t if c.startswith("loss_lr=")]
+    out = t[["model"]].assign(G=t.G.astype(str))
+    for c in lr_cols:
+        out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: _num(x, ".3f"))
+    return out.assign(**{
+        "best lr": t.best_lr.map(lambda x: _num(x, "g")),
+        "LR sensitivity": t.lr_sensitivity.map(lambda x: _num(x, ".3f")),
+        "loss_init (ln V)": t.loss_init.map(lambda x: _num(x, ".3f")),
+        "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
+        "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
+    })
+
+
+def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
+    t = t.assign(
+        col=t.alpha.map(lambda a: "α=" + _num(a, "g")),
+        cell=[f"{_mean_std(m, s, n)} ({n}/{N})" for m, s, n, N in
+              zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed, t.n_runs)],
+    )
+    alphas = sorted(t.alpha.dropna().unique())
+    cols = [f"α={a:g}" for a in alphas] + ([f"α={DASH}"] if t.alpha.isna().any() else [])
+    wide = t.pivot_table(index=["model", "G", "method"], columns="col", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=cols).fillna(DASH).reset_index()
+    wide.columns.name = None
+    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: _num(x, ".2f"))
+    wide["MHA parent ppl"] = parent.to_numpy()
+    return wide.assign(G=wide.G.astype(str))
+
+
+DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
+    "ablation": display_ablation,
+    "lr_sensitivity": display_lr_sensitivity,
+    "conversion": display_conversion,
+}
+
+
+def to_markdown(name: str, table: pd.DataFrame) -> str:
+    """One table as a Markdown section: title, pipe table (tabulate), and how to read it."""
+    body = DISPLAY[name](table).to_markdown(index=False, disable_numparse=True)
+    return f"### {TITLES[name]}\n\n{body}\n\n{NOTES[name]}\n"
+
+
+_LATEX = str.maketrans({
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "±": r"$\pm$", "—": "--", "Δ": r"$\Delta$", "α": r"$\alpha$", "→": r"$\to$",
+    "×": r"$\times$",
+})
+
+
+def to_latex(name: str, table: pd.DataFrame) -> str:
+    """One table as a booktabs LaTeX `table` (pandas Styler: \\toprule, \\midrule, \\bottomrule)."""
+    shown = DISPLAY[name](table)
+    shown = shown.map(lambda s: str(s).translate(_LATEX))
+    shown.columns = [c.translate(_LATEX) for c in shown.columns]
+    return shown.style.hide(axis="index").to_latex(
+        hrules=True, column_format="l" + "r" * (shown.shape[1] - 1),
+        caption=TITLES[name].translate(_LATEX), label=f"tab:{name}", position_float="centering",
+    )
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    """`<name>.md|.tex|.csv` per table under `out_dir`; CSVs hold the raw numbers (mean, std, n apart)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in tables.items():
+        for fmt in formats:
+            path = out_dir / f"{name}.{ {'md': 'md', 'latex': 'tex', 'csv': 'csv'}[fmt] }"
+            if fmt == "csv":
+                table.to_csv(path, index=False)
+            else:
+                path.write_text(to_markdown(name, table) if fmt == "md" else to_latex(name, table) + "\n")
+            written.append(path)
+    return written
+
+
+# ----------------------------------------------------------------------------------------------- plots
+
+
+_BYTES = FuncFormatter(lambda x, _: f"{x:,.0f}")
+
+
+def _figure(ncols: int = 1) -> tuple[Figure, list]:
+    # Figure + Agg canvas, no pyplot: no global backend state, and notebooks still display the figure.
+    fig = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _g_axis(ax, gs: Sequence[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(set(gs)), [str(g) for g in sorted(set(gs))])
+    ax.minorticks_off()
+    ax.set_xlabel("G = n_kv_heads (1 = MQA, H = MHA)")
+    ax.grid(alpha=0.3)
+
+
+def _per_model(table: pd.DataFrame, y: str, ylabel: str, yerr: str | None = None) -> Figure:
+    fig, (ax,) = _figure()
+    for model, t in table.groupby("model", sort=False):
+        t = t[t[y].notna()]
+        ax.errorbar(t.G, t[y], yerr=None if yerr is None else t[yerr].fillna(0), marker="o", capsize=3,
+                    label=model)
+    _g_axis(ax, table.G)
+    ax.set_ylabel(ylabel)
+    ax.legend(title="model")
+    return fig
+
+
+def plot_ppl_vs_g(table: pd.DataFrame) -> Figure:
+    """Val ppl (mean, error bars = sample std over seeds) against G, one line per model size."""
+    fig = _per_model(table, "val_ppl_mean", "val perplexity (mean ± std)", yerr="val_ppl_std")
+    fig.axes[0].set_title("Quality vs G")
+    return fig
+
+
+def plot_kv_bytes_vs_g(table: pd.DataFrame) -> Figure:
+    fig = _per_model(table, "kv_bytes_per_token", "KV cache bytes / token")
+    fig.axes[0].set_yscale("log", base=2)
+    fig.axes[0].yaxis.set_major_formatter(_BYTES)
+    fig.axes[0].set_title("KV-cache size vs G")
+    return fig
+
+
+def plot_decode_vs_g(table: pd.DataFrame) -> Figure:
+    fig = _per_model(table, "decode_tokens_per_s_median", "decode tokens / s (median)")
+    fig.axes[0].set_title("Decode throughput vs G")
+    return fig
+
+
+def plot_ppl_vs_kv_bytes(table: pd.DataFrame) -> Figure:
+    """The Pareto picture: quality against KV-cache bytes per token, each point labelled by its G."""
+    fig, (ax,) = _figure()
+    for model, t in table.groupby("model", sort=False):
+        t = t[t.val_ppl_mean.notna()]
+        ax.errorbar(t.kv_bytes_per_token, t.val_ppl_mean, yerr=t.val_ppl_std.fillna(0), marker="o", capsize=3,
+                    label=model)
+        for x, y, g in zip(t.kv_bytes_per_token, t.val_ppl_mean, t.G):
+            ax.annotate(f"G={g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(_BYTES)
+    ax.set_xlabel("KV cache bytes / token")
+    ax.set_ylabel("val perplexity (mean ± std)")
+    ax.set_title("Quality vs KV-cache size (lower-left is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="model")
+    return fig
+
+
+def plot_loss_curves(runs: pd.DataFrame, history: pd.DataFrame) -> Figure:
+    """Training loss per step, one line per run coloured by G, a panel per model; diverged runs dashed."""
+    df = prepare(runs)
+    df = df[~_is_conversion(df) & df.run_id.isin(history.run_id)]
+    models = [m for m in df.model.cat.categories if (df.model == m).any()]
+    fig, axes = _figure(max(len(models), 1))
+    gs = sorted(df.n_kv_heads.dropna().astype(int).unique())
+    colours = dict(zip(gs, _colours(len(gs))))
+    by_run = dict(tuple(history.groupby("run_id")))
+    for ax, model in zip(axes, models):
+        seen = set()
+        for r in df[df.model == model].sort_values(["n_kv_heads", "seed"]).itertuples():
+            h = by_run[r.run_id]
+            G = int(r.n_kv_heads)
+            loss = pd.to_numeric(h.loss, errors="coerce").where(np.isfinite(h.loss.astype(float)))
+            ax.plot(h.step, loss, color=colours[G], lw=1, alpha=0.8, ls="-" if r.status == "completed" else "--",
+                    label=None if G in seen else f"G={G}")
+            seen.add(G)
+        ax.set_title(f"{model}: training loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("train loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
+
+
+def make_plots(table: pd.DataFrame, runs: pd.DataFrame, history: pd.DataFrame | None = None) -> dict[str, Figure]:
+    """name -> Figure for the ablation table (and loss curves when history is given and not empty)."""
+    figs = {
+        "ppl_vs_G": plot_ppl_vs_g(table),
+        "kv_bytes_vs_G": plot_kv_bytes_vs_g(table),
+        "decode_tokens_per_s_vs_G": plot_decode_vs_g(table),
+        "ppl_vs_kv_bytes": plot_ppl_vs_kv_bytes(table),
+    }
+    if history is not None and not history.empty:
+        figs["loss_curves"] = plot_loss_curves(runs, history)
+    return figs
+
+
+def write_plots(figs: dict[str, Figure], out_dir: Path) -> list[Path]:
+    """Each figure as PNG and SVG under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in figs.items():
+        for ext, kw in (("png", {"dpi": 120}), ("svg", {"metadata": {"Date": None}})):
+            path = out_dir / f"{name}.{ext}"
+            fig.savefig(path, **kw)
+            written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gqa-report",
+        description="Paper-style ablation tables (Markdown, LaTeX, CSV) and plots from a gqa-sweep results store.",
+    )
+    p.add_argument("results_dir", nargs="?", help="the results_dir the sweep wrote (holds runs.sqlite)")
+    p.add_argument("--sweep", help="only this sweep's runs (default: every run in the store)")
+    p.add_argument("--format", choices=[*FORMATS, "all"], default="all", help="table files to write (default: all)")
+    p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/report)")
+    p.add_argument("--plots", action="store_true", help="also write PNG + SVG plots")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a wandb project instead")
+    return p
+
+
+def _report(args: argparse.Namespace) -> list[Path]:
+    if args.wandb:
+        all_runs, where, history = load_wandb(args.wandb), f"wandb project {args.wandb}", None
+    else:
+        all_runs, where = load_results(args.results_dir), f"{args.results_dir.rstrip('/')}/"
+    runs = select_sweep(all_runs, args.sweep, where)
+    sweeps = sorted(runs.sweep.dropna().astype(str).unique())
+    if len(sweeps) > 1:
+        print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
+              file=sys.stderr)
+    tables = build_tables(runs, all_runs)
+    print("\n".join(to_markdown(name, t) for name, t in tables.items()))
+    out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
+    written = write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
+    if args.plots and "ablation" in tables:
+        if not args.wandb:
+            history = load_history(args.results_dir, runs.run_id)
+        written += write_plots(make_plots(tables["ablation"], runs, history), out)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`gqa-report`: print the Markdown tables, write table files (and plots) under --out."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.results_dir and not args.wandb:
+        parser.error("give RESULTS_DIR (e.g. results/) or --wandb ENTITY/PROJECT")
+    try:
+        written = _report(args)
+    except ReportError as e:
+        print(f"gqa-report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"gqa-report: wrote {len(written)} files to {written[0].parent}/" if written else "", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
