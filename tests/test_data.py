@@ -115,6 +115,14 @@ def test_bpe_vocab_size_honoured(tmp_path):
     assert dm.vocab_size_actual == 300 and dm.tokenizer_label == "bpe-300"
     assert int(dm.train_data.max()) < 300 and int(dm.val_data.max()) < 300
     assert dm.train_tokens + dm.val_tokens < SHAKESPEARE_CHARS * 0.8  # merges compress the text
+    assert dm.decode(dm.train_data) + dm.decode(dm.val_data) == load_shakespeare()
+
+
+def test_corpus_chunks_end_at_newlines():
+    text = "line one\nline two is longer\n\nno newline at the end"
+    chunks = list(data_mod._chunks(text, size=5))
+    assert "".join(chunks) == text
+    assert chunks == ["line one\n", "line two is longer\n", "\nno newline at the end"]
 
 
 def test_bpe_trains_on_train_split_only(tmp_path):
@@ -234,6 +242,11 @@ def test_block_size_too_large(tmp_path):
         dm_(tmp_path, source="text", path=str(path), block_size=10)
     assert str(e.value) == ("data.block_size=10 is larger than the corpus allows (90 train / 10 val tokens with "
                             "data.val_fraction=0.1); use data.block_size<=9 or more text")
+    tiny = write(tmp_path / "tiny.txt", "abcdefghi")  # 8 train / 1 val chars: no window fits
+    with pytest.raises(DataError) as e:
+        dm_(tmp_path, source="text", path=str(tiny), block_size=1)
+    assert str(e.value) == ("data.block_size=1 is larger than the corpus allows (8 train / 1 val tokens with "
+                            "data.val_fraction=0.1); use more text")
 
 
 @pytest.mark.parametrize(
