@@ -1,0 +1,137 @@
+"""Stability and throughput metrics of a training run, as a Lightning callback (definitions: docs/metrics.md)."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import lightning as L
+import torch
+
+from gqa_sweep.metrics import count_spikes
+
+
+class RunMetrics(L.Callback):
+    """Records per-step loss, pre-clip grad norm, lr and throughput; detects divergence.
+
+    Values stay on the device and are read back every `flush_every` steps, so GPU steps are not
+    serialised by a `.item()` each step. The state survives a resume from `last.ckpt`.
+    """
+
+    def __init__(
+        self,
+        tokens_per_step: int,
+        divergence_loss: float,
+        spike_window: int = 50,
+        spike_k: float = 4.0,
+        attn_logit_every: int = 50,
+        throughput_warmup: int = 10,
+        flush_every: int = 10,
+    ) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.divergence_loss = divergence_loss
+        self.spike_window = spike_window
+        self.spike_k = spike_k
+        self.attn_logit_every = attn_logit_every
+        self.throughput_warmup = throughput_warmup
+        self.flush_every = flush_every
+        self.history: list[dict] = []
+        self.diverged_step: int | None = None
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, float | None]] = []
+        self._timed_tokens = 0
+        self._timed_s = 0.0
+        self._window_t0: float | None = None
+        self._window_steps = 0
+
+    # -- state for resume ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"history": self.history, "diverged_step": self.diverged_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+        self.diverged_step = state["diverged_step"]
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self.resumed_from_step = trainer.global_step
+        self._window_t0 = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        logit = None
+        if self.attn_logit_every and step % self.attn_logit_every == 0:
+            logit = pl_module.model.max_attn_logit(batch[0][:4])
+        grad_norm = pl_module.last_grad_norm if pl_module.last_grad_norm is not None else torch.tensor(math.nan)
+        self._pending.append((step, pl_module.last_loss, grad_norm, lr, logit))
+        if len(self._pending) >= self.flush_every:
+            self._flush(trainer, pl_module)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        self._flush(trainer, pl_module)  # validation time must not count as training time
+        self._window_t0 = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._flush(trainer, pl_module)
+
+    def _flush(self, trainer, pl_module) -> None:
+        if not self._pending:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        now = time.perf_counter()
+        steps = [p[0] for p in self._pending]
+        # The throughput window starts after the warm-up steps and after each validation pause.
+        tok_s = math.nan
+        if self._window_t0 is not None:
+            n = len(steps)
+            dt = now - self._window_t0
+            tokens = n * self.tokens_per_step * trainer.world_size
+            self._timed_tokens += tokens
+            self._timed_s += dt
+            tok_s = tokens / dt
+        if steps[-1] >= self.throughput_warmup:
+            self._window_t0 = now
+        losses = torch.stack([p[1].float() for p in self._pending]).tolist()
+        norms = torch.stack([p[2].float() for p in self._pending]).tolist()
+        for (step, _, _, lr, logit), loss, norm in zip(self._pending, losses, norms):
+            self.history.append(
+                {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": tok_s, "max_attn_logit": logit}
+            )
+            if self.diverged_step is None and (not math.isfinite(loss) or loss > self.divergence_loss):
+                self.diverged_step = step
+        self._pending.clear()
+        if self.diverged_step is not None:
+            trainer.should_stop = True
+
+    # -- summary -----------------------------------------------------------------------------------
+    def summary(self, device: torch.device) -> dict:
+        losses = [h["loss"] for h in self.history]
+        norms = [h["grad_norm"] for h in self.history]
+        logits = [h["max_attn_logit"] for h in self.history if h["max_attn_logit"] is not None]
+        finite_norms = [n for n in norms if math.isfinite(n)]
+        tail = [x for x in losses[-self.flush_every :] if math.isfinite(x)]
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        else:  # CPU: the process's peak resident set (Linux reports KiB), an upper bound
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return {
+            "train_loss": sum(tail) / len(tail) if tail else math.nan,
+            "grad_norm_max": max(finite_norms) if finite_norms else math.nan,
+            "grad_norm_spikes": count_spikes(norms, self.spike_window, self.spike_k),
+            "loss_spikes": count_spikes(losses, self.spike_window, self.spike_k),
+            "loss_spike_score": count_spikes(losses, self.spike_window, self.spike_k)
+            / max(1, len(losses) - self.spike_window),
+            "max_attn_logit": max(logits) if logits else math.nan,
+            "diverged_step": self.diverged_step,
+            "train_tokens_per_s": (
+                self._timed_tokens / self._timed_s if self._timed_s > 0 else math.nan
+            ),
+            "peak_mem_bytes": int(peak),
+            "resumed_from_step": getattr(self, "resumed_from_step", 0) or None,
+        }

@@ -1,0 +1,107 @@
+"""Metric definitions shared by the training callbacks, the benchmarks and the report (docs/metrics.md)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+
+from gqa_sweep.model import DecoderLM
+
+# Dense peak FLOP/s per device (vendor datasheets, no sparsity). Keys are substrings of
+# torch.cuda.get_device_name(); the first match wins, so specific names come first.
+PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494.5e12}),
+    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12, "tf32": 378e12}),
+    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12, "tf32": 494.5e12}),
+    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12, "tf32": 156e12}),
+    ("L40S", {"bf16": 362e12, "fp16": 362e12, "fp32": 91.6e12, "tf32": 183e12}),
+    ("L4", {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12, "tf32": 60e12}),
+    ("A10", {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12, "tf32": 62.5e12}),
+    ("RTX 4090", {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12, "tf32": 82.6e12}),
+    ("V100", {"fp16": 125e12, "fp32": 15.7e12}),
+]
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+
+
+def precision_dtype(precision: str | int) -> str:
+    """Lightning precision flag -> the dtype the matmuls run in ('bf16-mixed' -> 'bf16', 32 -> 'fp32')."""
+    p = str(precision)
+    if p.startswith("bf16"):
+        return "bf16"
+    if p.startswith("16"):
+        return "fp16"
+    if p.startswith("64"):
+        return "fp64"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 and torch.cuda.is_available() else "fp32"
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return "CPU"
+
+
+def peak_flops(name: str, dtype: str) -> float:
+    """Datasheet peak FLOP/s for `dtype` on the named device, NaN when unknown (CPUs included)."""
+    for key, peaks in PEAK_FLOPS:
+        if key in name:
+            return peaks.get(dtype, math.nan)
+    return math.nan
+
+
+def flops_per_token(model: DecoderLM, seq_len: int) -> float:
+    """Training FLOPs per token, nanoGPT/PaLM convention: 6*N + 12*L*H*d_head*T.
+
+    N excludes the token-embedding table (a lookup). The attention term counts the H query heads,
+    so it is the same for every G; fewer KV heads only shrink N through k_proj and v_proj.
+    """
+    cfg = model.cfg
+    return 6 * model.num_params(non_embedding=True) + 12 * cfg.n_layers * cfg.n_heads * cfg.d_head * seq_len
+
+
+def count_spikes(values: list[float], window: int, k: float) -> int:
+    """Steps whose value exceeds the mean of the previous `window` steps by more than k standard deviations."""
+    spikes = 0
+    for i in range(window, len(values)):
+        prev = values[i - window : i]
+        if not all(math.isfinite(v) for v in prev) or not math.isfinite(values[i]):
+            continue
+        mu, sd = statistics.fmean(prev), statistics.pstdev(prev)
+        if sd > 0 and values[i] > mu + k * sd:
+            spikes += 1
+    return spikes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model: DecoderLM, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
+    """Median tokens/s of KV-cached greedy decoding (batch * new tokens / wall time, prefill included)."""
+    was_training = model.training
+    model.eval()
+    device = prompt.device
+    new_tokens = min(new_tokens, model.cfg.block_size - prompt.shape[1])
+    model.generate(prompt, min(4, new_tokens))  # warm-up: allocator, kernels
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        model.generate(prompt, new_tokens)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    model.train(was_training)
+    return prompt.shape[0] * new_tokens / statistics.median(times)

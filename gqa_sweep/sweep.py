@@ -1,0 +1,79 @@
+"""Sweep-level steps run by the `gqa` Hydra sweeper before and after its jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from gqa_sweep.model import divisors
+from gqa_sweep.results import load_runs
+from gqa_sweep.train import make_datamodule, resolved, results_dir, run_id_of, run_name, validate
+
+KV_KEY = "model.n_kv_heads"
+
+
+def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[list[str]]:
+    """Replace `model.n_kv_heads=all` in each job by one job per divisor of that job's n_heads."""
+    out = []
+    for overrides in jobs:
+        kv = [o for o in overrides if o.startswith(KV_KEY + "=")]
+        if not kv or kv[-1].split("=", 1)[1].strip() != "all":
+            out.append(overrides)
+            continue
+        rest = [o for o in overrides if not o.startswith(KV_KEY + "=")]
+        n_heads = job_config(rest + [f"{KV_KEY}=1"]).model.n_heads
+        if not isinstance(n_heads, int) or n_heads <= 0:
+            from gqa_sweep.train import ConfigError
+
+            raise ConfigError(f"model.n_heads={n_heads} must be a positive integer")
+        out.extend(rest + [f"{KV_KEY}={g}"] for g in divisors(n_heads))
+    return out
+
+
+def expand_and_validate(
+    jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]
+) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Expand `all`, validate every job and prepare each distinct dataset once, before any training."""
+    jobs = expand_all(jobs, job_config)
+    info, prepared = [], set()
+    for overrides in jobs:
+        cfg = job_config(overrides)
+        validate(cfg)
+        config = resolved(cfg)
+        data_key = json.dumps(config["data"], sort_keys=True)
+        if data_key not in prepared:  # tokenizes into the shared cache; jobs then load it
+            make_datamodule(cfg)
+            prepared.add(data_key)
+        info.append({"run_id": run_id_of(config), "name": run_name(config), "results_dir": str(results_dir(cfg))})
+    return jobs, info
+
+
+def print_summary(jobs: list[dict[str, Any]]) -> None:
+    """One line per job of this sweep, read back from the store (rows written by any process)."""
+    if not jobs:
+        return
+    import pandas as pd
+
+    lines = []
+    for rdir in dict.fromkeys(j["results_dir"] for j in jobs):
+        runs = load_runs(rdir).set_index("run_id")
+        for j in (j for j in jobs if j["results_dir"] == rdir):
+            r = runs.loc[j["run_id"]] if j["run_id"] in runs.index else None
+            lines.append(
+                {
+                    "run": j["name"],
+                    "run_id": j["run_id"],
+                    "status": "missing" if r is None else r.status,
+                    "val_ppl": None if r is None else r.val_ppl,
+                    "train_tok/s": None if r is None else r.train_tokens_per_s,
+                    "decode_tok/s": None if r is None else r.decode_tokens_per_s,
+                    "KV_bytes/token": None if r is None else r.kv_bytes_per_token,
+                    "params": None if r is None else r.n_params,
+                    "wall_s": None if r is None else r.wall_s,
+                }
+            )
+    table = pd.DataFrame(lines)
+    print(f"\n== sweep summary: {len(table)} runs, store: {', '.join(dict.fromkeys(j['results_dir'] for j in jobs))} ==")
+    print(table.to_markdown(index=False, floatfmt=".4g", missingval="—"))
