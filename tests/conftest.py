@@ -1,0 +1,59 @@
+"""Shared fixtures: a real tiny G sweep, run once per test session through the `gqa-sweep` console script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A model small enough that a sweep step takes milliseconds on a laptop CPU.
+TINY = [
+    "model.d_model=32",
+    "model.n_layers=1",
+    "data.batch_size=4",
+    "data.block_size=32",
+    "data.val_batches=2",
+    "trainer.max_steps=8",
+    "trainer.val_check_interval=4",
+    "trainer.ckpt_every_n_steps=2",
+    "trainer.num_threads=1",
+    "metrics.decode_batch=2",
+    "metrics.decode_prompt_tokens=4",
+    "metrics.decode_new_tokens=8",
+    "metrics.spike_window=3",
+    "metrics.attn_logit_every=2",
+    "metrics.throughput_warmup=2",
+    "logger=none",
+]
+
+
+def sweep_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env.update(HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def gqa_sweep(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the console script the way a user does; returns the finished process (never raises on rc)."""
+    exe = Path(sys.executable).with_name("gqa-sweep")
+    return subprocess.run(
+        [str(exe), *args],
+        cwd=cwd,
+        env=env or sweep_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """results_dir of a completed 3-run sweep (H=8, G in {1,2,4}) on the shipped corpus."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    proc = gqa_sweep("-m", *TINY, f"results_dir={root / 'results'}", "model.n_kv_heads=1,2,4", "sweep=tiny", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "results"
