@@ -15,9 +15,10 @@ Tables (each a raw numeric DataFrame, written as CSV, and a display DataFrame, w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,7 +89,7 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
     return runs
 
 
-def load_wandb(path: str, timeout_s: int = 10) -> pd.DataFrame:
+def load_wandb(path: str, timeout_s: int = 5) -> pd.DataFrame:
     """Runs of a wandb project as store rows: each run's summary holds the row columns, config the config."""
     if path.count("/") != 1 or not all(path.split("/")):
         raise ReportError(f"--wandb {path!r}: expected ENTITY/PROJECT, e.g. --wandb my-team/gqa-sweep")
@@ -96,15 +97,17 @@ def load_wandb(path: str, timeout_s: int = 10) -> pd.DataFrame:
     try:
         import wandb
 
-        # Api() would prompt for a key on a terminal; a report must fail fast instead.
-        if not wandb.login(prompt=False, verify=False):
-            raise ReportError(f"wandb could not be reached for {path!r} (no API key: set WANDB_API_KEY); {hint}")
-        rows = [_wandb_row(r) for r in wandb.Api(timeout=timeout_s).runs(path)]
+        # wandb's own login chatter would break the one-line error contract.
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            # Api() would prompt for a key on a terminal; a report must fail fast instead.
+            if not wandb.login(prompt=False, verify=False):
+                raise ReportError(f"wandb could not be reached for {path!r} (no API key: set WANDB_API_KEY); {hint}")
+            rows = [_wandb_row(r) for r in wandb.Api(timeout=timeout_s).runs(path)]
     except ReportError:
         raise
     except Exception as e:  # network, auth and "project not found" errors all mean: no wandb today
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise ReportError(f"wandb could not be reached for {path!r} ({type(e).__name__}: {msg}); {hint}") from e
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ReportError(f"wandb could not be reached for {path!r} ({type(e).__name__}: {first_line}); {hint}") from e
     rows = [r for r in rows if r.get("status") in STATUSES]  # runs still running have no result yet
     if not rows:
         raise ReportError(f"no finished runs in wandb project {path!r}; {hint}")
