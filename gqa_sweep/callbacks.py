@@ -76,6 +76,12 @@ class RunMetrics(L.Callback):
         self._flush(trainer, pl_module)  # validation time must not count as training time
         self._window_t0 = None
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn == "fit" and trainer.global_step >= self.throughput_warmup:
+            if pl_module.device.type == "cuda":
+                torch.cuda.synchronize(pl_module.device)
+            self._window_t0 = time.perf_counter()
+
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer, pl_module)
 
