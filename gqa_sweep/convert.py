@@ -99,7 +99,9 @@ def load_source(path: str | Path) -> tuple[DecoderLM, dict]:
         raise CheckpointError(f"cannot load Hugging Face checkpoint {str(path)!r}: {reason}") from e
 
 
-def convert_file(path: str | Path, groups: int, method: str, out: str | Path, seed: int = 0):
+def convert_file(
+    path: str | Path, groups: int, method: str, out: str | Path, seed: int = 0
+) -> tuple[Path, DecoderLM, DecoderLM]:
     """Load, convert and save; returns (out path, source model, converted model)."""
     check_method(method)
     path, out = Path(path), Path(out)
