@@ -25,6 +25,7 @@ import tempfile
 import threading
 from contextlib import contextmanager, nullcontext
 from importlib.resources import files
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Protocol
 from urllib.parse import urlparse
@@ -32,7 +33,7 @@ from urllib.parse import urlparse
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 SOURCES = ("shakespeare", "text", "hf")
 TOKENIZERS = ("char", "byte", "bpe")
@@ -297,18 +298,50 @@ def _token_dtype(vocab_size: int) -> np.dtype:
 
 
 class WindowDataset(Dataset):
-    """(x, y) pairs of `block_size` tokens starting at precomputed offsets; y is x shifted by one."""
+    """(x, y) pairs of `block_size` tokens starting at precomputed offsets; y is x shifted by one.
+
+    `shift` (set by ResumableLoader) makes item i the window at offsets[i + shift].
+    """
 
     def __init__(self, tokens: np.ndarray, offsets: torch.Tensor, block_size: int) -> None:
         self.tokens, self.offsets, self.block_size = tokens, offsets, block_size
+        self.shift = 0
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        o = int(self.offsets[i])
+        o = int(self.offsets[i + self.shift])
         w = torch.from_numpy(self.tokens[o : o + self.block_size + 1].astype(np.int64))
         return w[:-1], w[1:]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position goes into Lightning checkpoints (the `state_dict`/`load_state_dict` protocol).
+
+    Lightning restores the epoch's batch index on resume but restarts a plain loader from its first batch, so
+    a resumed run would see its first batches twice. Here the next pass starts at the saved batch instead, on
+    every rank: with a (non-shuffling) DistributedSampler rank r reads items r, r+W, ..., so shifting the
+    dataset by batches * batch_size * W continues each rank's own sequence. The loader has a length, so
+    Lightning does not prefetch from it and the count is the number of batches actually trained on.
+    """
+
+    _position = 0  # batches handed out in the current pass
+    _resume_at = 0  # batch to start the next pass at (from a checkpoint)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = int(state["batches"])
+
+    def __iter__(self):
+        start, self._resume_at = self._resume_at, 0
+        self.dataset.shift = start * self.batch_size * getattr(self.sampler, "num_replicas", 1)
+        self._position = start
+        for batch in islice(super().__iter__(), len(self) - start):  # the rest of the pass, then stop
+            self._position += 1
+            yield batch
 
 
 def even_offsets(n_tokens: int, length: int, count: int) -> torch.Tensor:
@@ -482,34 +515,40 @@ class CorpusDataModule(L.LightningDataModule):
 
     # -- loaders
 
-    def train_offsets(self) -> torch.Tensor:
-        """max_steps * batch_size window starts drawn from a generator seeded by `seed` alone."""
+    def train_offsets(self, world_size: int = 1) -> torch.Tensor:
+        """max_steps * batch_size * world_size window starts from a generator seeded by `seed` alone."""
         self._require_prepared()
         g = torch.Generator().manual_seed(self.seed)
         high = self.train_tokens - self.block_size  # exclusive: the last window ends at the last token
-        return torch.randint(0, high, (self.max_steps * self.batch_size,), generator=g)
+        return torch.randint(0, high, (self.max_steps * self.batch_size * world_size,), generator=g)
 
     def val_offsets(self) -> torch.Tensor:
         self._require_prepared()
         return even_offsets(self.val_tokens, self.block_size + 1, self.val_batches * self.batch_size)
 
-    def _loader(self, tokens: np.ndarray, offsets: torch.Tensor) -> DataLoader:
-        # shuffle=False: the order is the offsets' order, identical for every G.
-        return DataLoader(
-            WindowDataset(tokens, offsets, self.block_size),
+    def _loader(self, dataset: Dataset, cls: type[DataLoader] = DataLoader, sampler=None) -> DataLoader:
+        # No shuffling: the order is the offsets' order, identical for every G.
+        return cls(
+            dataset,
             batch_size=self.batch_size,
             shuffle=False,
-            drop_last=False,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_data, self.train_offsets())
+        """Under DDP, step s trains on windows [s*B*W, (s+1)*B*W) split over the W ranks: the same windows as one
+        device with batch B*W. Lightning's own sampler would shuffle them, so a non-shuffling one is set here."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        dataset = WindowDataset(self.train_data, self.train_offsets(world), self.block_size)
+        sampler = None
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=False)
+        return self._loader(dataset, ResumableLoader, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_data, self.val_offsets())
+        return self._loader(WindowDataset(self.val_data, self.val_offsets(), self.block_size))
 
     def sample_prompt(self, batch_size: int, length: int) -> torch.LongTensor:
         """Fixed prompts: `batch_size` windows of `length` tokens evenly spaced over the val split."""

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,6 +75,66 @@ def test_windows_are_shifted_slices_of_the_train_split(tmp_path):
     ref = torch.from_numpy(dm.train_data[o : o + 17].astype("int64"))
     assert torch.equal(x[0], ref[:-1]) and torch.equal(y[0], ref[1:])
     assert int(dm.train_offsets().max()) <= dm.train_tokens - 17
+
+
+def test_ddp_ranks_split_the_single_device_batches(tmp_path):
+    # Step s under DDP (W ranks, batch B) trains on the windows of step s on one device with batch B*W.
+    single = batches(dm_(tmp_path, block_size=8, batch_size=4, max_steps=3).train_dataloader(), 3)
+    per_rank = []
+    for rank in range(2):
+        dm = dm_(tmp_path, block_size=8, batch_size=2, max_steps=3)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        loader = dm.train_dataloader()
+        assert len(loader) == 3
+        per_rank.append(batches(loader, 3))
+    for s, (x, _) in enumerate(single):
+        assert torch.equal(x[0::2], per_rank[0][s][0]) and torch.equal(x[1::2], per_rank[1][s][0])
+
+
+def test_train_loader_state_restarts_at_the_saved_batch(tmp_path):
+    dm = dm_(tmp_path, block_size=8, batch_size=2, max_steps=6)
+    loader = dm.train_dataloader()
+    first = [x for x, _ in loader]
+    assert loader.state_dict() == {"batches": 6}
+    it = iter(loader)
+    for _ in range(4):
+        next(it)
+    assert loader.state_dict() == {"batches": 4}
+    fresh = dm.train_dataloader()
+    fresh.load_state_dict({"batches": 4})
+    resumed = [x for x, _ in fresh]
+    assert len(resumed) == 2 and all(torch.equal(a, b) for a, b in zip(resumed, first[4:]))
+    assert fresh.state_dict() == {"batches": 6}
+    again = [x for x, _ in fresh]  # the next pass starts from the first batch again
+    assert len(again) == 6 and all(torch.equal(a, b) for a, b in zip(again, first))
+
+
+def _lightning_batches(tmp_path: Path, steps: int, resume: Path | None = None) -> list[list[int]]:
+    import lightning as L
+
+    from gqa_sweep.module import LMModule
+
+    seen: list[list[int]] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0][:, 0].tolist())
+
+    dm = CorpusDataModule(block_size=8, batch_size=2, max_steps=6, val_batches=1, cache_dir=str(tmp_path / "cache"))
+    dm.prepare()
+    model = dict(vocab_size=dm.vocab_size_actual, block_size=8, n_layers=1, d_model=16, n_heads=2, n_kv_heads=1)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt{steps}", save_last=True, every_n_train_steps=1)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, callbacks=[Record(), ckpt],
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(LMModule(model, max_steps=6, warmup_steps=1), datamodule=dm, ckpt_path=resume)
+    return seen
+
+
+def test_resumed_lightning_run_sees_the_uninterrupted_batches(tmp_path):
+    full = _lightning_batches(tmp_path / "full", 6)
+    part = _lightning_batches(tmp_path / "part", 3)
+    part += _lightning_batches(tmp_path / "part", 6, resume=tmp_path / "part" / "ckpt3" / "last.ckpt")
+    assert len(full) == 6 and part == full
 
 
 def test_val_split_and_prompts_fixed_across_seeds(tmp_path):
