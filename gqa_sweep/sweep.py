@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Callable
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gqa_sweep.model import divisors
 from gqa_sweep.results import load_runs
-from gqa_sweep.train import make_datamodule, resolved, results_dir, run_id_of, run_name, validate
+from gqa_sweep.train import ConfigError, make_datamodule, resolved, results_dir, run_id_of, run_name, validate
 
 KV_KEY = "model.n_kv_heads"
 
@@ -25,8 +27,6 @@ def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
         rest = [o for o in overrides if not o.startswith(KV_KEY + "=")]
         n_heads = job_config(rest + [f"{KV_KEY}=1"]).model.n_heads
         if not isinstance(n_heads, int) or n_heads <= 0:
-            from gqa_sweep.train import ConfigError
-
             raise ConfigError(f"model.n_heads={n_heads} must be a positive integer")
         out.extend(rest + [f"{KV_KEY}={g}"] for g in divisors(n_heads))
     return out
@@ -77,3 +77,14 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
     table = pd.DataFrame(lines)
     print(f"\n== sweep summary: {len(table)} runs, store: {', '.join(dict.fromkeys(j['results_dir'] for j in jobs))} ==")
     print(table.to_markdown(index=False, floatfmt=".4g", missingval="—"))
+
+
+class ValidateBeforeRun(Callback):
+    """Hydra callback: a single run is validated before Hydra creates its output dir under results_dir."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            validate(config)
+        except ConfigError as e:  # Hydra turns callback exceptions into warnings: exit here instead
+            print(e, file=sys.stderr)
+            raise SystemExit(1) from None

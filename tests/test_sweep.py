@@ -155,7 +155,9 @@ def test_bad_input_fails_fast_with_a_clear_message_and_keeps_the_store(
     before = load_runs(seeded_store)
     store_args = [] if any(o.startswith("results_dir=") for o in overrides) else [f"results_dir={seeded_store}"]
     t0 = time.perf_counter()
-    proc = gqa_sweep(*TINY, "sweep=tiny", *store_args, *overrides, cwd=tmp_path, timeout=120)
+    flags = [o for o in overrides if o.startswith("-")]  # argparse flags go before the overrides
+    rest = [o for o in overrides if not o.startswith("-")]
+    proc = gqa_sweep(*flags, *TINY, "sweep=tiny", *store_args, *rest, cwd=tmp_path, timeout=120)
     elapsed = time.perf_counter() - t0
     assert proc.returncode != 0
     assert message in proc.stderr, proc.stderr[-2000:]
