@@ -123,17 +123,18 @@ def _lightning_batches(tmp_path: Path, steps: int, resume: Path | None = None) -
     dm = CorpusDataModule(block_size=8, batch_size=2, max_steps=6, val_batches=1, cache_dir=str(tmp_path / "cache"))
     dm.prepare()
     model = dict(vocab_size=dm.vocab_size_actual, block_size=8, n_layers=1, d_model=16, n_heads=2, n_kv_heads=1)
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / f"ckpt{steps}", save_last=True, every_n_train_steps=1)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, callbacks=[Record(), ckpt],
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
     trainer.fit(LMModule(model, max_steps=6, warmup_steps=1), datamodule=dm, ckpt_path=resume)
     return seen
 
 
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*", "ignore:Checkpoint directory .* exists and is not empty")
 def test_resumed_lightning_run_sees_the_uninterrupted_batches(tmp_path):
     full = _lightning_batches(tmp_path / "full", 6)
     part = _lightning_batches(tmp_path / "part", 3)
-    part += _lightning_batches(tmp_path / "part", 6, resume=tmp_path / "part" / "ckpt3" / "last.ckpt")
+    part += _lightning_batches(tmp_path / "part", 6, resume=tmp_path / "part" / "ckpt" / "last.ckpt")
     assert len(full) == 6 and part == full
 
 
