@@ -41,6 +41,9 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DecoderLM, 
             f"{str(path)!r} is not a gqa-sweep model checkpoint (no 'model_config'); "
             "pass a model.pt written by gqa-sweep/gqa-convert or a Lightning .ckpt of LMModule"
         )
-    model = DecoderLM(ModelConfig(**cfg))
-    model.load_state_dict(state)
+    try:
+        model = DecoderLM(ModelConfig(**cfg))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{str(path)!r} holds a model that does not load: {str(e).splitlines()[0]}") from e
     return model, meta

@@ -88,7 +88,7 @@ def run_id_of(cfg: dict) -> str:
 def run_name(cfg: dict) -> str:
     m = cfg["model"]
     name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
-    if cfg["init"]["method"] != "scratch":
+    if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
         name += f"-{cfg['init']['method']}"
     if cfg["init"].get("alpha") is not None:
         name += f"-a{cfg['init']['alpha']}"
@@ -236,7 +236,10 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
 
     init, G = cfg.init, int(cfg.model.n_kv_heads)
     if init.checkpoint is not None:
-        (parent, _), parent_id = load_source(to_absolute_path(init.checkpoint)), str(init.checkpoint)
+        try:
+            (parent, _), parent_id = load_source(to_absolute_path(init.checkpoint)), str(init.checkpoint)
+        except ValueError as e:  # CheckpointError: not a model, unreadable
+            raise ConfigError(f"init.checkpoint: {e}") from None
     else:
         parent_cfg = copy.deepcopy(cfg)
         with open_dict_all(parent_cfg):
@@ -251,7 +254,10 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
                 log.info("training the MHA parent %s (%d steps) for conversion", parent_id, init.parent_steps)
                 run(parent_cfg)
         parent, _ = load_model(model_pt)
-    converted = convert_model(parent, G, init.method, seed=int(cfg.seed))
+    try:
+        converted = convert_model(parent, G, init.method, seed=int(cfg.seed))
+    except ValueError as e:
+        raise ConfigError(f"init: {e}") from None
     if converted.cfg.to_dict() != module.model.cfg.to_dict():
         raise ConfigError(
             f"the parent model's shape does not match this run's model config: parent "
@@ -307,7 +313,7 @@ def run(cfg: DictConfig) -> dict:
         spike_window=cfg.metrics.spike_window,
         spike_k=cfg.metrics.spike_k,
         attn_logit_every=cfg.metrics.attn_logit_every,
-        throughput_warmup=cfg.metrics.throughput_warmup,
+        throughput_warmup=min(int(cfg.metrics.throughput_warmup), steps // 2),  # short uptraining runs too
     )
     from lightning.pytorch.callbacks import ModelCheckpoint
 
