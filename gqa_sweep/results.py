@@ -93,6 +93,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     return con
 
 
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
+
+
 def _nan_to_none(v: Any) -> Any:
     return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -178,6 +182,8 @@ def load_runs(results_dir: str | Path, sweep: str | None = None) -> pd.DataFrame
     if not path.exists():
         return pd.DataFrame(columns=list(RUN_COLUMNS))
     with closing(_connect(path)) as con:
+        if not _has_table(con, "runs"):  # a store being created by another process right now
+            return pd.DataFrame(columns=list(RUN_COLUMNS))
         df = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, run_id", con)
     if sweep is not None:
         df = df[df.sweep == sweep].reset_index(drop=True)
@@ -190,6 +196,8 @@ def load_history(results_dir: str | Path, run_ids: Iterable[str] | None = None) 
     if not path.exists():
         return pd.DataFrame(columns=["run_id", *HISTORY_COLUMNS])
     with closing(_connect(path)) as con:
+        if not _has_table(con, "history"):
+            return pd.DataFrame(columns=["run_id", *HISTORY_COLUMNS])
         df = pd.read_sql_query("SELECT * FROM history ORDER BY run_id, step", con)
     if run_ids is not None:
         df = df[df.run_id.isin(list(run_ids))].reset_index(drop=True)

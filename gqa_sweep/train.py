@@ -155,8 +155,8 @@ def make_datamodule(cfg: DictConfig):
     if d.get("path"):
         d["path"] = to_absolute_path(d["path"])
     d["cache_dir"] = to_absolute_path(d["cache_dir"])
-    dm = CorpusDataModule(**d, seed=int(cfg.seed), max_steps=max(1, max_steps_of(resolved(cfg))))
     try:
+        dm = CorpusDataModule(**d, seed=int(cfg.seed), max_steps=max(1, max_steps_of(resolved(cfg))))
         dm.prepare()
     except DataError as e:
         raise ConfigError(str(e)) from None
