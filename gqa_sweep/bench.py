@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from gqa_sweep.metrics import device_name, flops_per_token, peak_flops
 from gqa_sweep.model import DecoderLM, ModelConfig, divisors
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -45,13 +46,6 @@ PRESETS = {
     "gpt2-124m": dict(vocab_size=50304, block_size=1024, n_layers=12, d_model=768, n_heads=12),
 }
 
-# Dense peak FLOP/s by (device-name substring, dtype); first match wins, so specific names come first.
-PEAK_FLOPS = [
-    ("H100 PCIe", "bf16", 756e12), ("H100 PCIe", "fp16", 756e12), ("H100 PCIe", "fp32", 51e12),
-    ("H100", "bf16", 989e12), ("H100", "fp16", 989e12), ("H100", "fp32", 67e12),
-    ("H200", "bf16", 989e12), ("H200", "fp16", 989e12), ("H200", "fp32", 67e12),
-    ("A100", "bf16", 312e12), ("A100", "fp16", 312e12), ("A100", "fp32", 19.5e12),
-]  # fmt: skip
 # Peak HBM bandwidth in bytes/s by device-name substring; first match wins.
 PEAK_HBM = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100 80GB", 2.0e12),
             ("A100-SXM4-80GB", 2.0e12), ("A100", 1.555e12)]  # fmt: skip
@@ -78,31 +72,17 @@ class Env:
         return {"device": self.device_name, "dtype": self.dtype_name, "torch": self.torch_version, "date": self.date}
 
 
-def cpu_model_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else whatever the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def make_env(device: str, dtype: str) -> Env:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model_name()
+    name = device_name(dev) + ("" if dev.type == "cuda" else f" ({torch.get_num_threads()} threads)")
     return Env(dev, dtype, name, torch.__version__, datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
-def lookup(table: list[tuple], name: str, *key) -> float:
-    """First entry whose substring occurs in `name` (and whose extra keys match); NaN when unknown."""
-    for sub, *rest in table:
-        if sub in name and tuple(rest[:-1]) == key:
-            return rest[-1]
-    return math.nan
+def peak_bandwidth(name: str) -> float:
+    """Datasheet peak HBM bytes/s of the named device; NaN when unknown (CPUs included)."""
+    return next((bw for key, bw in PEAK_HBM if key in name), math.nan)
 
 
 # -------------------------------------------------------------------------------------------------- timing
@@ -239,9 +219,14 @@ def attention_fns(q, k, v, dy) -> dict[str, Callable[[], torch.Tensor]]:
 def bench_attention(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
     rows, prof = [], ""
     for G in divisors(a.heads):
-        fns = attention_fns(*attention_inputs(a.batch, a.seq, a.heads, G, a.d_head, env, a.seed))
+        q, k, v, dy = attention_inputs(a.batch, a.seq, a.heads, G, a.d_head, env, a.seed)
+        fns = attention_fns(q, k, v, dy)
         t = interleaved(fns, env.device, a.warmup, a.repeats)
-        mem = {k: peak_memory(fn, env.device) for k, fn in fns.items()}
+        mem = {}
+        for name, fn in fns.items():
+            # Free the last call's gradients first: freeing them inside would offset the peak by their size.
+            q.grad = k.grad = v.grad = None
+            mem[name] = peak_memory(fn, env.device)
         (gm, glo, ghi), (rm, rlo, rhi) = stats(t["grouped"]), stats(t["reference"])
         rows.append(dict(
             G=G, group_size=a.heads // G, grouped_ms=gm * 1e3, grouped_min_ms=glo * 1e3, grouped_max_ms=ghi * 1e3,
@@ -322,7 +307,7 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
     # All (G, context) cases interleaved in one run, so the G comparison is side by side.
     t = interleaved(fns, env.device, a.warmup, a.repeats)
     free = free_memory_bytes(env.device)
-    peak_bw = lookup(PEAK_HBM, env.device_name) if env.is_cuda else math.nan
+    peak_bw = peak_bandwidth(env.device_name)
     elem = torch.tensor([], dtype=env.dtype).element_size()
     rows = []
     for (G, ctx), times in t.items():
@@ -345,42 +330,14 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
 
 
 # ---------------------------------------------------------------------------------------------------- train
-def to_hf(model: DecoderLM):
-    """The same model and weights as `transformers.LlamaForCausalLM` with SDPA attention."""
-    try:
-        from gqa_sweep.hf import to_hf as project_to_hf
-    except ImportError:
-        project_to_hf = None
-    if project_to_hf is not None:
-        hf = project_to_hf(model)
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
+def to_hf_for_training(model: DecoderLM):
+    """The same model and weights as `transformers.LlamaForCausalLM`, SDPA attention, no KV cache objects."""
+    from gqa_sweep.hf import to_hf
 
-        c = model.cfg
-        hf = LlamaForCausalLM(LlamaConfig(
-            vocab_size=c.vocab_size, hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
-            num_attention_heads=c.n_heads, num_key_value_heads=c.n_kv_heads, head_dim=c.d_head,
-            max_position_embeddings=c.block_size, rms_norm_eps=c.norm_eps, tie_word_embeddings=c.tie_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta}, attn_implementation="sdpa",
-        ))  # fmt: skip
-        hf.load_state_dict(hf_state_dict(model), strict=True)
-    hf.config.use_cache = False  # training: no KV cache objects built per forward
-    hf.config._attn_implementation = "sdpa"
-    return hf.to(model.embed.weight.device)
-
-
-def hf_state_dict(model: DecoderLM) -> dict[str, torch.Tensor]:
-    names = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm", "attn": "self_attn"}
-    sd = {}
-    for key, t in model.state_dict().items():
-        if key.startswith("layers."):
-            parts = key.split(".")
-            parts[2] = names.get(parts[2], parts[2])
-            key = "model." + ".".join(parts)
-        elif key.startswith(("embed.", "norm.")):
-            key = "model." + key.replace("embed.", "embed_tokens.", 1)
-        sd[key] = t.clone()
-    return sd
+    hf = to_hf(model)
+    hf.set_attn_implementation("sdpa")
+    hf.config.use_cache = False  # training builds no DynamicCache per forward
+    return hf
 
 
 class StepClock:
@@ -444,7 +401,7 @@ def train_fns(a: argparse.Namespace, env: Env, G: int, loader) -> tuple[dict, di
     steps = a.warmup + a.steps
     module = LMModule(model_config(a, G, a.seq).to_dict(), max_steps=steps, warmup_steps=1)
     bare = copy.deepcopy(module).to(env.device)
-    hf = to_hf(copy.deepcopy(module.model))
+    hf = to_hf_for_training(copy.deepcopy(module.model))
     clocks = {k: StepClock(env.device) for k in ("harness", "bare", "hf")}
     precision = {"fp32": "32-true", "bf16": "bf16-mixed"}[env.dtype_name]
 
@@ -476,17 +433,11 @@ def token_loader(a: argparse.Namespace, vocab: int):
     return torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=False, drop_last=True)
 
 
-def flops_per_token(model: DecoderLM, seq: int) -> float:
-    """nanoGPT/PaLM: 6 N + 12 L H d_head T, N without the token-embedding table."""
-    c = model.cfg
-    return 6 * model.num_params(non_embedding=True) + 12 * c.n_layers * c.n_heads * c.d_head * seq
-
-
 def bench_train(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
     import lightning  # noqa: F401  (its import sets its logger to INFO; quiet it after)
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    peak = lookup(PEAK_FLOPS, env.device_name, env.dtype_name) if env.is_cuda else math.nan
+    peak = peak_flops(env.device_name, env.dtype_name)
     rows, prof = [], ""
     for G in divisors(model_config(a, 1).n_heads):
         loader = token_loader(a, model_config(a, G).vocab_size)
@@ -514,10 +465,10 @@ def bench_train(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
 # Defaults per subcommand: (full, quick). Full sizes finish in minutes on a 2-core CPU; quick in seconds.
 DEFAULTS = {
     "attention": dict(batch=(4, 1), seq=(1024, 64), heads=(16, 4), d_head=(64, 16), repeats=(10, 3), warmup=(2, 1)),
-    "decode": dict(model=("gpt2-124m", "tiny"), batch=(8, 2), context=([128, 896], [16, 32]), new_tokens=(16, 4),
+    "decode": dict(model=("gpt2-124m", "tiny"), batch=(8, 2), context=([128, 896], [16, 32]), new_tokens=(8, 4),
                    repeats=(5, 3), warmup=(1, 1), n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256)),
-    "train": dict(model=("small", "tiny"), batch=(8, 2), seq=(256, 32), steps=(5, 2), repeats=(3, 2),
-                  warmup=(2, 1), n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256)),
+    "train": dict(model=("small", "tiny"), batch=(4, 2), seq=(256, 32), steps=(4, 2), repeats=(3, 2),
+                  warmup=(1, 1), n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256)),
 }  # fmt: skip
 TITLES = {
     "attention": "causal SDPA forward+backward, grouped (enable_gqa) vs repeat-KV reference",
