@@ -106,9 +106,11 @@ class RunMetrics(L.Callback):
         losses = torch.stack([p[1].float() for p in self._pending]).tolist()
         norms = torch.stack([p[2].float() for p in self._pending]).tolist()
         for (step, _, _, lr, logit), loss, norm in zip(self._pending, losses, norms):
-            self.history.append(
-                {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": tok_s, "max_attn_logit": logit}
-            )
+            row = {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": tok_s, "max_attn_logit": logit}
+            self.history.append(row)
+            curves = {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None and v == v}
+            for lg in trainer.loggers:  # CSV / wandb curves, one point per step
+                lg.log_metrics(curves, step=step)
             if self.diverged_step is None and (not math.isfinite(loss) or loss > self.divergence_loss):
                 self.diverged_step = step
         self._pending.clear()
