@@ -56,27 +56,31 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
         return
     import pandas as pd
 
+    def fmt(value: Any, spec: str) -> str:
+        return "—" if value is None or pd.isna(value) else format(value, spec)
+
     lines = []
-    for rdir in dict.fromkeys(j["results_dir"] for j in jobs):
+    dirs = list(dict.fromkeys(j["results_dir"] for j in jobs))
+    for rdir in dirs:
         runs = load_runs(rdir).set_index("run_id")
         for j in (j for j in jobs if j["results_dir"] == rdir):
             r = runs.loc[j["run_id"]] if j["run_id"] in runs.index else None
+            get = (lambda c: None) if r is None else r.get
             lines.append(
                 {
                     "run": j["name"],
                     "run_id": j["run_id"],
                     "status": "missing" if r is None else r.status,
-                    "val_ppl": None if r is None else r.val_ppl,
-                    "train_tok/s": None if r is None else r.train_tokens_per_s,
-                    "decode_tok/s": None if r is None else r.decode_tokens_per_s,
-                    "KV_bytes/token": None if r is None else r.kv_bytes_per_token,
-                    "params": None if r is None else r.n_params,
-                    "wall_s": None if r is None else r.wall_s,
+                    "val ppl": fmt(get("val_ppl"), ".3f"),
+                    "train tok/s": fmt(get("train_tokens_per_s"), ",.0f"),
+                    "decode tok/s": fmt(get("decode_tokens_per_s"), ",.0f"),
+                    "KV bytes/token": fmt(get("kv_bytes_per_token"), ",.0f"),
+                    "params": fmt(get("n_params"), ",.0f"),
+                    "wall s": fmt(get("wall_s"), ".1f"),
                 }
             )
-    table = pd.DataFrame(lines)
-    print(f"\n== sweep summary: {len(table)} runs, store: {', '.join(dict.fromkeys(j['results_dir'] for j in jobs))} ==")
-    print(table.to_markdown(index=False, floatfmt=".4g", missingval="—"))
+    print(f"\n== sweep summary: {len(lines)} runs, store: {', '.join(dirs)} ==")
+    print(pd.DataFrame(lines).to_markdown(index=False, stralign="right", disable_numparse=True))
 
 
 class ValidateBeforeRun(Callback):
