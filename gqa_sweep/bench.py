@@ -39,12 +39,22 @@ from gqa_sweep.model import DecoderLM, ModelConfig, divisors
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Model presets shared by `decode` and `train`; --n-layers/--n-heads/--d-model override them.
-PRESETS = {
-    "tiny": dict(vocab_size=512, block_size=256, n_layers=2, d_model=128, n_heads=8),
-    "small": dict(vocab_size=8192, block_size=512, n_layers=4, d_model=256, n_heads=8),
-    "gpt2-124m": dict(vocab_size=50304, block_size=1024, n_layers=12, d_model=768, n_heads=12),
-}
+# Vocabulary and context per model preset: a sweep takes them from its data, a benchmark sets them here.
+_VOCAB_AND_BLOCK = {"tiny": (512, 256), "small": (8192, 512), "gpt2-124m": (50304, 1024)}
+
+
+def _preset(name: str) -> dict:
+    """The shape of the sweep's `model=<name>` (conf/model/<name>.yaml), so both mean the same model."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.load(Path(__file__).parent / "conf" / "model" / f"{name}.yaml")
+    vocab, block = _VOCAB_AND_BLOCK[name]
+    keys = ("n_layers", "d_model", "n_heads", "d_head", "d_ff", "tie_embeddings")
+    return {"vocab_size": vocab, "block_size": block, **{k: m[k] for k in keys}}
+
+
+# Model presets shared by `decode` and `train`; --n-layers/--n-heads/--d-model/--[no-]tie-embeddings override them.
+PRESETS = {name: _preset(name) for name in _VOCAB_AND_BLOCK}
 
 # Peak HBM bandwidth in bytes/s by device-name substring; first match wins.
 PEAK_HBM = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100 80GB", 2.0e12),
@@ -243,7 +253,7 @@ def bench_attention(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]
 # --------------------------------------------------------------------------------------------------- models
 def model_config(a: argparse.Namespace, n_kv_heads: int, block_size: int | None = None) -> ModelConfig:
     base = dict(PRESETS[a.model])
-    for key in ("n_layers", "n_heads", "d_model", "vocab_size"):
+    for key in ("n_layers", "n_heads", "d_model", "vocab_size", "tie_embeddings"):
         if getattr(a, key, None) is not None:
             base[key] = getattr(a, key)
     if block_size is not None:
@@ -518,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--n-heads", dest="n_heads", type=positive)
     model.add_argument("--d-model", dest="d_model", type=positive)
     model.add_argument("--vocab-size", dest="vocab_size", type=positive)
+    model.add_argument("--tie-embeddings", dest="tie_embeddings", action=argparse.BooleanOptionalAction, default=None)
 
     p = argparse.ArgumentParser(prog="gqa-bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
