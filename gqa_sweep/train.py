@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gqa_sweep.callbacks import RunMetrics
 from gqa_sweep.checkpoint import load_model, save_model
@@ -131,6 +131,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
     if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:
         raise ConfigError(f"init.method={init.method} needs init.checkpoint=PATH or init.parent_steps=S")
+    if init.checkpoint is not None and init.method == "scratch":
+        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
     if init.checkpoint is not None and not Path(to_absolute_path(init.checkpoint)).exists():
         raise ConfigError(f"init.checkpoint={init.checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
     if init.alpha is not None and (not init.parent_steps or init.alpha < 0):
@@ -242,7 +244,7 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
             raise ConfigError(f"init.checkpoint: {e}") from None
     else:
         parent_cfg = copy.deepcopy(cfg)
-        with open_dict_all(parent_cfg):
+        with open_dict(parent_cfg):
             parent_cfg.model.n_kv_heads = parent_cfg.model.n_heads
             parent_cfg.trainer.max_steps = int(init.parent_steps)
             parent_cfg.init = {"method": "scratch", "checkpoint": None, "parent_steps": None, "alpha": None}
@@ -265,15 +267,6 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
         )
     module.model.load_state_dict(converted.state_dict())
     return parent_id
-
-
-@contextlib.contextmanager
-def open_dict_all(cfg: DictConfig):
-    OmegaConf.set_struct(cfg, False)
-    try:
-        yield
-    finally:
-        OmegaConf.set_struct(cfg, True)
 
 
 def run(cfg: DictConfig) -> dict:

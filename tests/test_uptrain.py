@@ -34,3 +34,22 @@ def test_uptrain_experiment_rows_for_every_method_and_alpha(tmp_path: Path) -> N
     assert zero["mha_mean"] != zero["mha_first"]
     # the parent was trained once and reused by all six conversions
     assert proc.stdout.count("training the MHA parent") + proc.stderr.count("training the MHA parent") == 1
+
+
+def test_uptrain_from_a_checkpoint_on_disk(tiny_sweep: Path, tmp_path: Path) -> None:
+    runs = load_runs(tiny_sweep)
+    g4 = runs[runs.n_kv_heads == 4].run_id.item()
+    ckpt = tiny_sweep / "runs" / g4 / "model.pt"
+    results = tmp_path / "results"
+    proc = gqa_sweep(*TINY, f"init.checkpoint={ckpt}", "init.method=mean", "model.n_kv_heads=2",
+                     f"results_dir={results}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_runs(results).iloc[0]
+    assert (row.status, row.init, row.n_kv_heads, row.parent_run_id) == ("completed", "mha_mean", 2, str(ckpt))
+
+    bad = gqa_sweep(*TINY, f"init.checkpoint={ckpt}", "init.method=mean", "model.n_kv_heads=3",
+                    f"results_dir={results}", cwd=tmp_path)
+    assert bad.returncode != 0 and "choose n_kv_heads from 1, 2, 4, 8" in bad.stderr
+    scratch = gqa_sweep(*TINY, f"init.checkpoint={ckpt}", f"results_dir={results}", cwd=tmp_path)
+    assert scratch.returncode != 0 and "add init.method=mean|first|random" in scratch.stderr
+    assert len(load_runs(results)) == 1
