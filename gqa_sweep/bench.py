@@ -19,7 +19,6 @@ import argparse
 import copy
 import logging
 import math
-import platform
 import statistics
 import sys
 import time

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # A model small enough that a sweep step takes milliseconds on a laptop CPU.
 TINY = [
@@ -28,6 +29,15 @@ TINY = [
     "metrics.throughput_warmup=2",
     "logger=none",
 ]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: thread hand-offs cost more than they save (and make timing erratic)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def sweep_env(**extra: str) -> dict:

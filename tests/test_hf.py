@@ -24,14 +24,6 @@ V, BLOCK = 53, 32
 SHAPES = [(8, 1, 64), (8, 2, 64), (8, 4, 64), (8, 8, 64), (12, 3, 48)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: thread hand-offs cost more than they save."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(H: int, G: int, d_model: int, tie: bool = False, **kw) -> DecoderLM:
     """Random weights well away from init (norm gains included), non-default rope_theta and eps."""

@@ -16,14 +16,6 @@ GROUPS = divisors(H)  # 1 (MQA), 2, 4, 8 (MHA)
 V, BLOCK = 61, 80
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: thread hand-offs cost more than they save (and make timing erratic)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(G: int, n_heads: int = H, d_model: int = 64, std: float = 0.3, **kw) -> DecoderLM:
     """A 2-layer model with large random weights, so that logits (and greedy argmaxes) are well separated."""
