@@ -177,3 +177,13 @@ def test_wandb_offline_without_key_or_tty(tmp_path: Path) -> None:
     offline = list((results / "runs" / runs.run_id[0] / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     assert "wandb sync" in proc.stdout + proc.stderr
+
+
+def test_ddp_two_cpu_processes_write_one_row(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = gqa_sweep(*TINY, "trainer.strategy=ddp", "trainer.devices=2", f"results_dir={results}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = load_runs(results)
+    assert list(runs.status) == ["completed"]  # rank 0 alone writes
+    assert runs.tokens_seen[0] == 8 * 4 * 32 * 2  # steps x batch x block x world size
+    assert math.isfinite(runs.val_ppl[0])
