@@ -84,11 +84,12 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
 
 
 class ValidateBeforeRun(Callback):
-    """Hydra callback: a single run is validated before Hydra creates its output dir under results_dir."""
+    """Hydra callback: a single run is validated, and its data prepared, before Hydra creates its output dir."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate(config)
+            make_datamodule(config)  # tokenizes into the cache the run then loads
         except ConfigError as e:  # Hydra turns callback exceptions into warnings: exit here instead
             print(e, file=sys.stderr)
             raise SystemExit(1) from None

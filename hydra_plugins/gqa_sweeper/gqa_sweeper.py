@@ -9,6 +9,7 @@
 
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -37,9 +38,14 @@ class GQASweeper(BasicSweeper):
 
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
         from gqa_sweep.sweep import expand_and_validate
+        from gqa_sweep.train import ConfigError
 
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
-        jobs, self.jobs = expand_and_validate(jobs, self._job_config)
+        try:
+            jobs, self.jobs = expand_and_validate(jobs, self._job_config)
+        except ConfigError as e:  # one line, before any job ran, instead of Hydra's stack-trace hint
+            print(e, file=sys.stderr)
+            raise SystemExit(1) from None
         n = max_batch_size or len(jobs) or 1
         return [jobs[i : i + n] for i in range(0, len(jobs), n)]
 
