@@ -31,7 +31,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_thread():
     """Tiny models on a shared CPU: thread hand-offs cost more than they save (and make timing erratic)."""
     n = torch.get_num_threads()

@@ -19,6 +19,8 @@ from gqa_sweep.checkpoint import save_model  # noqa: E402
 from gqa_sweep.hf import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf  # noqa: E402
 from gqa_sweep.model import DecoderLM, ModelConfig  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
+
 V, BLOCK = 53, 32
 # (n_heads, n_kv_heads, d_model): every G for H=8, and H=12 with G=3.
 SHAPES = [(8, 1, 64), (8, 2, 64), (8, 4, 64), (8, 8, 64), (12, 3, 48)]

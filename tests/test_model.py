@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from gqa_sweep.model import DecoderLM, KVCache, ModelConfig, RMSNorm, divisors
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
+
 H = 8
 GROUPS = divisors(H)  # 1 (MQA), 2, 4, 8 (MHA)
 V, BLOCK = 61, 80
