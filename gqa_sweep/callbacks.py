@@ -124,6 +124,7 @@ class RunMetrics(L.Callback):
         logits = [h["max_attn_logit"] for h in self.history if h["max_attn_logit"] is not None]
         finite_norms = [n for n in norms if math.isfinite(n)]
         tail = [x for x in losses[-self.flush_every :] if math.isfinite(x)]
+        loss_spikes = count_spikes(losses, self.spike_window, self.spike_k)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:  # CPU: the process's peak resident set (Linux reports KiB), an upper bound
@@ -132,9 +133,8 @@ class RunMetrics(L.Callback):
             "train_loss": sum(tail) / len(tail) if tail else math.nan,
             "grad_norm_max": max(finite_norms) if finite_norms else math.nan,
             "grad_norm_spikes": count_spikes(norms, self.spike_window, self.spike_k),
-            "loss_spikes": count_spikes(losses, self.spike_window, self.spike_k),
-            "loss_spike_score": count_spikes(losses, self.spike_window, self.spike_k)
-            / max(1, len(losses) - self.spike_window),
+            "loss_spikes": loss_spikes,
+            "loss_spike_score": loss_spikes / max(1, len(losses) - self.spike_window),
             "max_attn_logit": max(logits) if logits else math.nan,
             "diverged_step": self.diverged_step,
             "train_tokens_per_s": (

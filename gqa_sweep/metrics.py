@@ -24,9 +24,6 @@ PEAK_FLOPS: list[tuple[str, dict[str, float]]] = [
     ("V100", {"fp16": 125e12, "fp32": 15.7e12}),
 ]
 
-DTYPE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
-
-
 def precision_dtype(precision: str | int) -> str:
     """Lightning precision flag -> the dtype the matmuls run in ('bf16-mixed' -> 'bf16', 32 -> 'fp32')."""
     p = str(precision)

@@ -32,13 +32,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from gqa_sweep.callbacks import RunMetrics
 from gqa_sweep.checkpoint import load_model, save_model
 from gqa_sweep.metrics import (
-    DTYPE_BYTES,
     decode_tokens_per_s,
     device_name,
     flops_per_token,
     peak_flops,
     precision_dtype,
 )
+from gqa_sweep.kv import DTYPE_BYTES
 from gqa_sweep.model import ModelConfig, divisors
 from gqa_sweep.module import LMModule
 from gqa_sweep.results import ResultsStore, StoreError
@@ -422,7 +422,7 @@ def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary:
         "model_flops_per_s": summary["train_tokens_per_s"] * fpt,
         "mfu": summary["train_tokens_per_s"] * fpt / peak_flops(name, dtype),
         "kv_dtype": kv_dtype,
-        "kv_bytes_per_token": model.cfg.kv_bytes_per_token(DTYPE_BYTES[kv_dtype]),
+        "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
         "decode_tokens_per_s": math.nan,
     }
     if summary["diverged_step"] is None and trainer.is_global_zero:
