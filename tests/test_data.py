@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gqa_sweep import data as data_mod
+from gqa_sweep.data import common, hf as hf_data, text as text_data, tokenizers
 from gqa_sweep.data import CorpusDataModule, DataError, load_shakespeare
 
 SHAKESPEARE_CHARS = 1_115_394
@@ -182,7 +182,7 @@ def test_bpe_vocab_size_honoured(tmp_path):
 
 def test_corpus_chunks_end_at_newlines():
     text = "line one\nline two is longer\n\nno newline at the end"
-    chunks = list(data_mod._chunks(text, size=5))
+    chunks = list(tokenizers.chunks(text, size=5))
     assert "".join(chunks) == text
     assert chunks == ["line one\n", "line two is longer\n", "\nno newline at the end"]
 
@@ -239,8 +239,8 @@ def test_cache_hit_and_miss(tmp_path, monkeypatch):
 
 def test_cache_race_keeps_the_first_entry(tmp_path):
     final = tmp_path / "entry"
-    assert data_mod._atomic_dir(final, lambda d: (d / "meta.json").write_text("first"))
-    assert not data_mod._atomic_dir(final, lambda d: (d / "meta.json").write_text("second"))
+    assert common.atomic_dir(final, lambda d: (d / "meta.json").write_text("first"))
+    assert not common.atomic_dir(final, lambda d: (d / "meta.json").write_text("second"))
     assert (final / "meta.json").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["entry"]
 
@@ -254,9 +254,9 @@ def test_text_directory_and_glob_are_sorted_and_joined(tmp_path):
     write(root / "a" / "z.txt", "zed")
     write(root / "empty.txt", "")
     write(root / "skip.md", "not me")
-    assert data_mod.load_text(str(root)) == "zed\nbee"
-    assert data_mod.load_text(str(root / "**" / "*.txt")) == "zed\nbee"
-    assert data_mod.load_text(str(root / "*.md")) == "not me"
+    assert text_data.load_text(str(root)) == "zed\nbee"
+    assert text_data.load_text(str(root / "**" / "*.txt")) == "zed\nbee"
+    assert text_data.load_text(str(root / "*.md")) == "not me"
     assert CorpusDataModule(source="text", path=str(root)).name == "text:corpus"
 
 
@@ -342,7 +342,7 @@ def test_use_before_prepare_is_an_error():
 
 
 def test_hf_unreachable_fails_fast(tmp_path):
-    if data_mod._hub_reachable():
+    if hf_data._hub_reachable():
         pytest.skip("the Hugging Face Hub is reachable from here")
     t0 = time.perf_counter()
     with pytest.raises(DataError) as e:
@@ -369,18 +369,18 @@ def hf_cached(tmp_path, monkeypatch):
     info["dataset_name"] = info["splits"]["train"]["dataset_name"] = "tinycorpus"
     (entry / "dataset_info.json").write_text(json.dumps(info))
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
-    monkeypatch.setattr(data_mod, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hf_data, "_hub_reachable", lambda: False)
     return "tinycorpus"
 
 
 def test_hf_cached_dataset_works_offline(tmp_path, hf_cached):
-    assert data_mod.load_hf(hf_cached, None, "train", "text") == "first row\nsecond row"
+    assert hf_data.load_hf(hf_cached, None, "train", "text") == "first row\nsecond row"
     dm = CorpusDataModule(source="hf", name=hf_cached, block_size=1, val_fraction=0.3, cache_dir=str(tmp_path / "c"))
     assert dm.name == "hf:tinycorpus"
     dm.prepare()
     assert dm.train_tokens + dm.val_tokens == len("first row\nsecond row")
     with pytest.raises(DataError) as e:
-        data_mod.load_hf(hf_cached, None, "train", "content")
+        hf_data.load_hf(hf_cached, None, "train", "content")
     assert str(e.value) == "data.text_field=content is not a column of hf:tinycorpus; columns: text"
     assert os.environ.get("HF_HUB_OFFLINE") is None  # offline mode was scoped to the call
     import datasets

@@ -14,284 +14,24 @@ only without any val text leaking into train tokens.
 
 from __future__ import annotations
 
-import glob
-import gzip
 import hashlib
 import json
 import os
-import shutil
-import socket
-import tempfile
-import threading
-from contextlib import contextmanager, nullcontext
-from importlib.resources import files
 from itertools import islice
 from pathlib import Path
-from typing import Iterator, Protocol
-from urllib.parse import urlparse
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from gqa_sweep.data.common import CACHE_FORMAT, PATH_HINT, DataError, atomic_dir, token_dtype
+from gqa_sweep.data.hf import load_hf
+from gqa_sweep.data.text import load_shakespeare, load_text
+from gqa_sweep.data.tokenizers import BpeTokenizer, ByteTokenizer, CharTokenizer, Tokenizer, encode_corpus
+
 SOURCES = ("shakespeare", "text", "hf")
 TOKENIZERS = ("char", "byte", "bpe")
-CACHE_FORMAT = 1  # bump when the cached layout or tokenization changes
-HUB_PROBE_TIMEOUT_S = 3.0
-_PATH_HINT = "pass an existing UTF-8 text file, directory or glob"
-_LOCAL_HINT = "use a local file instead: data=text data.path=FILE"
-
-
-class DataError(ValueError):
-    """Bad data configuration or unusable corpus; the message is one line that names the fix."""
-
-
-# ---------------------------------------------------------------------------------------------- tokenizers
-
-
-class Tokenizer(Protocol):
-    vocab_size: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-    def decode(self, ids: list[int]) -> str: ...
-
-    def save(self, path: Path) -> None: ...
-
-
-class CharTokenizer:
-    """One id per distinct character of the whole corpus (sorted), so val characters always have an id."""
-
-    def __init__(self, chars: str) -> None:
-        self.chars = chars
-        self.stoi = {c: i for i, c in enumerate(chars)}
-        self.vocab_size = len(chars)
-
-    def encode(self, text: str) -> list[int]:
-        try:
-            return [self.stoi[c] for c in text]
-        except KeyError as e:
-            raise DataError(f"character {e.args[0]!r} is not in the char vocabulary of this corpus; "
-                            "use data.tokenizer=byte or bpe to encode any text") from None
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"type": "char", "chars": self.chars}), encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: Path) -> CharTokenizer:
-        return cls(json.loads(path.read_text(encoding="utf-8"))["chars"])
-
-
-class ByteTokenizer:
-    """UTF-8 bytes, vocabulary 256; decoding replaces bytes that do not form valid UTF-8."""
-
-    vocab_size = 256
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids) -> str:
-        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"type": "byte"}), encoding="utf-8")
-
-
-class BpeTokenizer:
-    """Byte-level BPE (GPT-2 style pre-tokenization, no special tokens) from the `tokenizers` library."""
-
-    def __init__(self, tok) -> None:
-        self.tok = tok
-        self.vocab_size = tok.get_vocab_size()
-
-    @classmethod
-    def train(cls, text: str, vocab_size: int) -> BpeTokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers, trainers
-
-        tok = HFTokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes: any text encodes
-            special_tokens=[],
-            show_progress=False,
-        )
-        tok.train_from_iterator(_chunks(text), trainer=trainer)
-        return cls(tok)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
-
-    def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids])
-
-    def save(self, path: Path) -> None:
-        self.tok.save(str(path))
-
-    @classmethod
-    def load(cls, path: Path) -> BpeTokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-
-        return cls(HFTokenizer.from_file(str(path)))
-
-
-def _chunks(text: str, size: int = 1 << 20) -> Iterator[str]:
-    """Pieces of about `size` characters, each ending at a newline when there is one."""
-    start = 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
-        yield text[start:end]
-        start = end
-
-
-def _encode_corpus(tok: Tokenizer, text: str, dtype: np.dtype) -> np.ndarray:
-    """Token ids of a whole corpus, encoded in newline-ended chunks so that memory stays bounded.
-
-    BPE encodes 8 chunks per call on the library's threads; its pre-tokenizer then sees a chunk end as the
-    end of a whitespace run, so a token may differ from `encode(text)` at the ~1 MiB chunk seams only.
-    """
-    pieces = list(_chunks(text))
-    if isinstance(tok, BpeTokenizer):
-        ids = (e.ids for i in range(0, len(pieces), 8) for e in tok.tok.encode_batch(pieces[i : i + 8]))
-    else:
-        ids = (tok.encode(p) for p in pieces)
-    return np.concatenate([np.zeros(0, dtype)] + [np.asarray(x, dtype=dtype) for x in ids])
-
-
-# ------------------------------------------------------------------------------------------------- sources
-
-
-def load_shakespeare() -> str:
-    """The tiny-shakespeare corpus shipped with the package (1,115,394 characters)."""
-    blob = files("gqa_sweep").joinpath("corpora", "tinyshakespeare.txt.gz").read_bytes()
-    return gzip.decompress(blob).decode("utf-8")
-
-
-def resolve_text_files(path: str) -> list[Path]:
-    """A file, every *.txt under a directory (recursively), or a glob (`**` allowed); sorted."""
-    expanded = os.path.expanduser(path)
-    if glob.has_magic(expanded):
-        found = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
-        if not found:
-            raise DataError(f"data.path={path} matches no files; {_PATH_HINT}")
-        return found
-    p = Path(expanded)
-    if p.is_dir():
-        found = sorted(q for q in p.rglob("*.txt") if q.is_file())
-        if not found:
-            raise DataError(f"data.path={path} is a directory with no *.txt files; {_PATH_HINT}")
-        return found
-    if p.is_file():
-        return [p]
-    raise DataError(f"data.path={path} does not exist; {_PATH_HINT}")
-
-
-def load_text(path: str) -> str:
-    """Concatenate the files of `path` with newlines; empty files are skipped (e.g. empty __init__.py)."""
-    texts = []
-    for f in resolve_text_files(path):
-        raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(f"data.path={path}: {f} is not UTF-8 (invalid byte at offset {e.start}); "
-                            "convert it (iconv -t UTF-8) or leave it out of data.path") from None
-        if text:
-            texts.append(text)
-    if not texts:
-        raise DataError(f"data.path={path}: the file(s) are empty; {_PATH_HINT} with some text in it")
-    return "\n".join(texts)
-
-
-def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """A TCP connect to the Hub (or the HTTPS proxy), bounded in time even when DNS hangs."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = urlparse(proxy or constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    return bool(ok)
-
-
-@contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Offline mode for this call only: `datasets` then answers from its local cache without retrying."""
-    import datasets.config
-    from huggingface_hub import constants
-
-    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
-
-
-def load_hf(name: str, config: str | None, split: str, text_field: str) -> str:
-    """Text of one split of a Hugging Face dataset, rows joined with newlines; offline uses the HF cache."""
-    import datasets
-
-    label = f"hf:{name}" + (f"/{config}" if config else "")
-    offline = not _hub_reachable()
-    try:
-        with _hub_offline() if offline else nullcontext():
-            ds = datasets.load_dataset(name, config, split=split)
-    except ConnectionError as e:
-        raise DataError(f"{label} could not be reached (no connection to the Hugging Face Hub and not in the "
-                        f"local HF cache); {_LOCAL_HINT}") from e
-    except (FileNotFoundError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = " or " + _LOCAL_HINT if offline else ""
-        raise DataError(f"{label} split={split} could not be loaded ({first_line}); check data.name, "
-                        f"data.config and data.split{hint}") from e
-    if text_field not in ds.column_names:
-        raise DataError(f"data.text_field={text_field} is not a column of {label}; "
-                        f"columns: {', '.join(ds.column_names)}")
-    return "\n".join(t for t in ds[text_field] if t is not None)
-
-
-# ------------------------------------------------------------------------------------------------- cache
-
-
-def _atomic_dir(final: Path, build) -> bool:
-    """Build a directory in a temp sibling, then rename it into place; False if another job won the race."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, final)  # atomic; fails if `final` already exists and is non-empty
-        return True
-    except OSError:
-        if not (final / "meta.json").exists():
-            raise
-        return False
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
 
 
 # ------------------------------------------------------------------------------------------------- datasets
@@ -398,7 +138,7 @@ class CorpusDataModule(L.LightningDataModule):
         if self.tokenizer_kind not in TOKENIZERS:
             raise DataError(f"data.tokenizer={self.tokenizer_kind} is unknown; use one of {', '.join(TOKENIZERS)}")
         if self.source == "text" and not self.path:
-            raise DataError(f"data.path is required for data.source=text; {_PATH_HINT}")
+            raise DataError(f"data.path is required for data.source=text; {PATH_HINT}")
         if self.source == "hf" and not self.hf_name:
             raise DataError("data.name is required for data.source=hf; e.g. data.name=wikitext "
                             "data.config=wikitext-2-raw-v1")
@@ -448,8 +188,8 @@ class CorpusDataModule(L.LightningDataModule):
             tok = ByteTokenizer()
         else:
             tok = BpeTokenizer.train(train_text, self.bpe_vocab_size)
-        dtype = _token_dtype(tok.vocab_size)
-        return tok, _encode_corpus(tok, train_text, dtype), _encode_corpus(tok, val_text, dtype)
+        dtype = token_dtype(tok.vocab_size)
+        return tok, encode_corpus(tok, train_text, dtype), encode_corpus(tok, val_text, dtype)
 
     def _write_cache(self, tok: Tokenizer, train: np.ndarray, val: np.ndarray) -> None:
         def build(d: Path) -> None:
@@ -460,7 +200,7 @@ class CorpusDataModule(L.LightningDataModule):
                     "train_tokens": len(train), "val_tokens": len(val)}
             (d / "meta.json").write_text(json.dumps(meta, indent=1))
 
-        _atomic_dir(self.cache_path, build)
+        atomic_dir(self.cache_path, build)
 
     def _read_cache(self) -> tuple[Tokenizer, np.ndarray, np.ndarray]:
         d = self.cache_path

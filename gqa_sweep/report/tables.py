@@ -1,7 +1,4 @@
-"""Paper-style ablation tables and plots from the results store: the `gqa-report` console script.
-
-    gqa-report RESULTS_DIR [--sweep NAME] [--format md|latex|csv|all] [--out DIR] [--plots]
-    gqa-report --wandb ENTITY/PROJECT [...]
+"""Ablation tables from the runs: numeric DataFrames (CSV) and display DataFrames (Markdown, LaTeX).
 
 Tables (each a raw numeric DataFrame, written as CSV, and a display DataFrame, written as Markdown/LaTeX):
 - `ablation`: one row per (model size, G) of the from-scratch runs. Every statistic is taken over the
@@ -9,36 +6,18 @@ Tables (each a raw numeric DataFrame, written as CSV, and a display DataFrame, w
 - `lr_sensitivity` (when a G was run at several learning rates): final val loss per lr, best lr and
   LR sensitivity = E_lr[min(loss(lr), loss_init) - min_lr min(loss(lr), loss_init)], loss_init = ln V.
 - `conversion` (when rows have init != scratch): val ppl by conversion method x uptraining fraction alpha,
-  with the MHA parent's ppl for reference (the GQA paper's Fig. 4/5).
-"""
+  with the MHA parent's ppl for reference (the GQA paper's Fig. 4/5)."""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
-import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
-from gqa_sweep.results import DB_NAME, RUN_COLUMNS, STATUSES, load_history, load_runs
+from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
 
-DASH = "—"
-METHODS = ("mha_mean", "mha_first", "mha_random", "scratch")
-# The sweep config spells methods `mean|first|random`; the report labels them as the GQA paper does.
-_METHOD_ALIASES = {"mean": "mha_mean", "first": "mha_first", "random": "mha_random"}
-_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1}
-_NUMERIC = [c for c, t in RUN_COLUMNS.items() if t in ("INTEGER", "REAL")]
-_WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed"}
-FORMATS = ("md", "latex", "csv")
 
 TITLES = {
     "ablation": "GQA ablation: quality, stability, speed and KV-cache size vs G",
@@ -67,85 +46,6 @@ NOTES = {
 }
 
 
-class ReportError(ValueError):
-    """Bad input to the report; `main` prints it as one line and exits with status 2."""
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_results(results_dir: str | Path) -> pd.DataFrame:
-    """Every run in `results_dir`'s store; raises ReportError if the directory or the store is missing/empty."""
-    d = Path(results_dir)
-    if not d.is_dir():
-        raise ReportError(
-            f"results dir '{d}' does not exist; pass the results_dir a sweep wrote to "
-            "(gqa-sweep -m results_dir=DIR), or --wandb ENTITY/PROJECT"
-        )
-    runs = load_runs(d)
-    if runs.empty:
-        why = "has no runs" if (d / DB_NAME).exists() else f"has no {DB_NAME}"
-        raise ReportError(f"'{d}/' {why}; run a sweep first: gqa-sweep -m results_dir={d}")
-    return runs
-
-
-def load_wandb(path: str, timeout_s: int = 5) -> pd.DataFrame:
-    """Runs of a wandb project as store rows: each run's summary holds the row columns, config the config."""
-    if path.count("/") != 1 or not all(path.split("/")):
-        raise ReportError(f"--wandb {path!r}: expected ENTITY/PROJECT, e.g. --wandb my-team/gqa-sweep")
-    hint = "use the local results dir instead: gqa-report RESULTS_DIR"
-    try:
-        import wandb
-
-        # wandb's own login chatter would break the one-line error contract.
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            # Api() would prompt for a key on a terminal; a report must fail fast instead.
-            if not wandb.login(prompt=False, verify=False):
-                raise ReportError(f"wandb could not be reached for {path!r} (no API key: set WANDB_API_KEY); {hint}")
-            rows = [_wandb_row(r) for r in wandb.Api(timeout=timeout_s).runs(path)]
-    except ReportError:
-        raise
-    except Exception as e:  # network, auth and "project not found" errors all mean: no wandb today
-        first_line = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ReportError(f"wandb could not be reached for {path!r} ({type(e).__name__}: {first_line}); {hint}") from e
-    rows = [r for r in rows if r.get("status") in STATUSES]  # runs still running have no result yet
-    if not rows:
-        raise ReportError(f"no finished runs in wandb project {path!r}; {hint}")
-    df = pd.DataFrame(rows)
-    return df.reindex(columns=list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS])
-
-
-def _wandb_row(run) -> dict:
-    row = {c: run.summary.get(c) for c in RUN_COLUMNS if run.summary.get(c) is not None}
-    row.setdefault("run_id", run.id)
-    row.setdefault("sweep", run.group)
-    row.setdefault("status", _WANDB_STATES.get(run.state))
-    row["config"] = json.dumps(dict(run.config), sort_keys=True, default=str)
-    return row
-
-
-def select_sweep(runs: pd.DataFrame, sweep: str | None, where: str) -> pd.DataFrame:
-    """Rows of one sweep (all rows if `sweep` is None); an unknown name is an error naming the known ones."""
-    if sweep is None:
-        return runs
-    known = sorted(runs.sweep.dropna().astype(str).unique())
-    if sweep not in known:
-        raise ReportError(f"no sweep {sweep!r} in {where}; sweeps: {', '.join(known) or '(none)'}")
-    return runs[runs.sweep == sweep].reset_index(drop=True)
-
-
-def prepare(runs: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns as numbers, a `model` label ordered by size, and a normalised `init` method."""
-    df = runs.copy()
-    for c in _NUMERIC:
-        if c in df:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-    derived = "L" + df.n_layers.astype("Int64").astype(str) + "-d" + df.d_model.astype("Int64").astype(str)
-    label = df.model_name.astype(object).where(df.model_name.notna(), derived).astype(str)
-    order = df.assign(model=label).groupby("model").n_params.median().sort_values(na_position="last").index
-    df["model"] = pd.Categorical(label, categories=list(order), ordered=True)
-    df["init"] = df.init.astype(object).where(df.init.notna(), "scratch").replace(_METHOD_ALIASES)
-    return df
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -196,14 +96,14 @@ def _kv_bytes(cell: pd.DataFrame) -> float:
     return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
 
 
-def _is_conversion(df: pd.DataFrame) -> pd.Series:
+def is_conversion(df: pd.DataFrame) -> pd.Series:
     return (df.init != "scratch") | df.alpha.notna()
 
 
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Raw numeric ablation table: one row per (model, G) of the from-scratch runs, ordered by size then G."""
     df = prepare(runs)
-    df = df[~_is_conversion(df)]
+    df = df[~is_conversion(df)]
     rows = []
     for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
         multi_lr = cell.lr.nunique() > 1
@@ -238,7 +138,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Loss per lr, best lr and LR sensitivity per (model, G); empty unless some G has several lrs."""
     df = prepare(runs)
-    df = df[~_is_conversion(df)]
+    df = df[~is_conversion(df)]
     if df.empty or df.groupby(["model", "n_kv_heads"], observed=True).lr.nunique().max() <= 1:
         return pd.DataFrame()
     rows = []
@@ -426,191 +326,3 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, formats: Sequen
                 path.write_text(to_markdown(name, table) if fmt == "md" else to_latex(name, table) + "\n")
             written.append(path)
     return written
-
-
-# ----------------------------------------------------------------------------------------------- plots
-
-
-_BYTES = FuncFormatter(lambda x, _: f"{x:,.0f}")
-
-
-def _figure(ncols: int = 1) -> tuple[Figure, list]:
-    # Figure + Agg canvas, no pyplot: no global backend state, and notebooks still display the figure.
-    fig = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    return fig, list(axes)
-
-
-def _g_axis(ax, gs: Sequence[int]) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(set(gs)), [str(g) for g in sorted(set(gs))])
-    ax.minorticks_off()
-    ax.set_xlabel("G = n_kv_heads (1 = MQA, H = MHA)")
-    ax.grid(alpha=0.3)
-
-
-def _per_model(table: pd.DataFrame, y: str, ylabel: str, yerr: str | None = None) -> Figure:
-    fig, (ax,) = _figure()
-    for model, t in table.groupby("model", sort=False):
-        t = t[t[y].notna()]
-        ax.errorbar(t.G, t[y], yerr=None if yerr is None else t[yerr].fillna(0), marker="o", capsize=3,
-                    label=model)
-    _g_axis(ax, table.G)
-    ax.set_ylabel(ylabel)
-    ax.legend(title="model")
-    return fig
-
-
-def plot_ppl_vs_g(table: pd.DataFrame) -> Figure:
-    """Val ppl (mean, error bars = sample std over seeds) against G, one line per model size."""
-    fig = _per_model(table, "val_ppl_mean", "val perplexity (mean ± std)", yerr="val_ppl_std")
-    fig.axes[0].set_title("Quality vs G")
-    return fig
-
-
-def plot_kv_bytes_vs_g(table: pd.DataFrame) -> Figure:
-    fig = _per_model(table, "kv_bytes_per_token", "KV cache bytes / token")
-    fig.axes[0].set_yscale("log", base=2)
-    fig.axes[0].yaxis.set_major_formatter(_BYTES)
-    fig.axes[0].set_title("KV-cache size vs G")
-    return fig
-
-
-def plot_decode_vs_g(table: pd.DataFrame) -> Figure:
-    fig = _per_model(table, "decode_tokens_per_s_median", "decode tokens / s (median)")
-    fig.axes[0].set_title("Decode throughput vs G")
-    return fig
-
-
-def plot_ppl_vs_kv_bytes(table: pd.DataFrame) -> Figure:
-    """The Pareto picture: quality against KV-cache bytes per token, each point labelled by its G."""
-    fig, (ax,) = _figure()
-    for model, t in table.groupby("model", sort=False):
-        t = t[t.val_ppl_mean.notna()]
-        ax.errorbar(t.kv_bytes_per_token, t.val_ppl_mean, yerr=t.val_ppl_std.fillna(0), marker="o", capsize=3,
-                    label=model)
-        for x, y, g in zip(t.kv_bytes_per_token, t.val_ppl_mean, t.G):
-            ax.annotate(f"G={g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_formatter(_BYTES)
-    ax.set_xlabel("KV cache bytes / token")
-    ax.set_ylabel("val perplexity (mean ± std)")
-    ax.set_title("Quality vs KV-cache size (lower-left is better)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="model")
-    return fig
-
-
-def plot_loss_curves(runs: pd.DataFrame, history: pd.DataFrame) -> Figure:
-    """Training loss per step, one line per run coloured by G, a panel per model; diverged runs dashed."""
-    df = prepare(runs)
-    df = df[~_is_conversion(df) & df.run_id.isin(history.run_id)]
-    models = [m for m in df.model.cat.categories if (df.model == m).any()]
-    fig, axes = _figure(max(len(models), 1))
-    gs = sorted(df.n_kv_heads.dropna().astype(int).unique())
-    colours = dict(zip(gs, _colours(len(gs))))
-    by_run = dict(tuple(history.groupby("run_id")))
-    for ax, model in zip(axes, models):
-        seen = set()
-        for r in df[df.model == model].sort_values(["n_kv_heads", "seed"]).itertuples():
-            h = by_run[r.run_id]
-            G = int(r.n_kv_heads)
-            loss = pd.to_numeric(h.loss, errors="coerce").where(np.isfinite(h.loss.astype(float)))
-            ax.plot(h.step, loss, color=colours[G], lw=1, alpha=0.8, ls="-" if r.status == "completed" else "--",
-                    label=None if G in seen else f"G={G}")
-            seen.add(G)
-        ax.set_title(f"{model}: training loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("train loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig
-
-
-def _colours(n: int) -> list:
-    from matplotlib import colormaps
-
-    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
-
-
-def make_plots(table: pd.DataFrame, runs: pd.DataFrame, history: pd.DataFrame | None = None) -> dict[str, Figure]:
-    """name -> Figure for the ablation table (and loss curves when history is given and not empty)."""
-    figs = {
-        "ppl_vs_G": plot_ppl_vs_g(table),
-        "kv_bytes_vs_G": plot_kv_bytes_vs_g(table),
-        "decode_tokens_per_s_vs_G": plot_decode_vs_g(table),
-        "ppl_vs_kv_bytes": plot_ppl_vs_kv_bytes(table),
-    }
-    if history is not None and not history.empty:
-        figs["loss_curves"] = plot_loss_curves(runs, history)
-    return figs
-
-
-def write_plots(figs: dict[str, Figure], out_dir: Path) -> list[Path]:
-    """Each figure as PNG and SVG under `out_dir`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, fig in figs.items():
-        for ext, kw in (("png", {"dpi": 120}), ("svg", {"metadata": {"Date": None}})):
-            path = out_dir / f"{name}.{ext}"
-            fig.savefig(path, **kw)
-            written.append(path)
-    return written
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gqa-report",
-        description="Paper-style ablation tables (Markdown, LaTeX, CSV) and plots from a gqa-sweep results store.",
-    )
-    p.add_argument("results_dir", nargs="?", help="the results_dir the sweep wrote (holds runs.sqlite)")
-    p.add_argument("--sweep", help="only this sweep's runs (default: every run in the store)")
-    p.add_argument("--format", choices=[*FORMATS, "all"], default="all", help="table files to write (default: all)")
-    p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/report)")
-    p.add_argument("--plots", action="store_true", help="also write PNG + SVG plots")
-    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a wandb project instead")
-    return p
-
-
-def _report(args: argparse.Namespace) -> list[Path]:
-    if args.wandb:
-        all_runs, where, history = load_wandb(args.wandb), f"wandb project {args.wandb}", None
-    else:
-        all_runs, where = load_results(args.results_dir), f"{args.results_dir.rstrip('/')}/"
-    runs = select_sweep(all_runs, args.sweep, where)
-    sweeps = sorted(runs.sweep.dropna().astype(str).unique())
-    if len(sweeps) > 1:
-        print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
-              file=sys.stderr)
-    tables = build_tables(runs, all_runs)
-    print("\n".join(to_markdown(name, t) for name, t in tables.items()))
-    out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
-    written = write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
-    if args.plots and "ablation" in tables:
-        if not args.wandb:
-            history = load_history(args.results_dir, runs.run_id)
-        written += write_plots(make_plots(tables["ablation"], runs, history), out)
-    return written
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`gqa-report`: print the Markdown tables, write table files (and plots) under --out."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if not args.results_dir and not args.wandb:
-        parser.error("give RESULTS_DIR (e.g. results/) or --wandb ENTITY/PROJECT")
-    try:
-        written = _report(args)
-    except ReportError as e:
-        print(f"gqa-report: error: {e}", file=sys.stderr)
-        return 2
-    print(f"gqa-report: wrote {len(written)} files to {written[0].parent}/" if written else "", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Data: corpora (embedded, local text, Hugging Face) -> tokenizers -> a LightningDataModule."""
+
+from gqa_sweep.data.common import DataError
+from gqa_sweep.data.hf import load_hf
+from gqa_sweep.data.module import CorpusDataModule
+from gqa_sweep.data.text import load_shakespeare, load_text
+
+__all__ = ["CorpusDataModule", "DataError", "load_hf", "load_shakespeare", "load_text"]

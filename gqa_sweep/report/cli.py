@@ -1,0 +1,75 @@
+"""`gqa-report`: print the Markdown tables, write table files and plots.
+
+    gqa-report RESULTS_DIR [--sweep NAME] [--format md|latex|csv|all] [--out DIR] [--plots]
+    gqa-report --wandb ENTITY/PROJECT [...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+from gqa_sweep.results import load_history
+from gqa_sweep.report.load import FORMATS, ReportError, load_results, load_wandb, select_sweep
+from gqa_sweep.report.tables import build_tables, to_markdown, write_tables
+from gqa_sweep.report.plots import make_plots, write_plots
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gqa-report",
+        description="Paper-style ablation tables (Markdown, LaTeX, CSV) and plots from a gqa-sweep results store.",
+    )
+    p.add_argument("results_dir", nargs="?", help="the results_dir the sweep wrote (holds runs.sqlite)")
+    p.add_argument("--sweep", help="only this sweep's runs (default: every run in the store)")
+    p.add_argument("--format", choices=[*FORMATS, "all"], default="all", help="table files to write (default: all)")
+    p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/report)")
+    p.add_argument("--plots", action="store_true", help="also write PNG + SVG plots")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a wandb project instead")
+    return p
+
+
+def _report(args: argparse.Namespace) -> list[Path]:
+    if args.wandb:
+        all_runs, where, history = load_wandb(args.wandb), f"wandb project {args.wandb}", None
+    else:
+        all_runs, where = load_results(args.results_dir), f"{args.results_dir.rstrip('/')}/"
+    runs = select_sweep(all_runs, args.sweep, where)
+    sweeps = sorted(runs.sweep.dropna().astype(str).unique())
+    if len(sweeps) > 1:
+        print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
+              file=sys.stderr)
+    tables = build_tables(runs, all_runs)
+    print("\n".join(to_markdown(name, t) for name, t in tables.items()))
+    out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
+    written = write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
+    if args.plots and "ablation" in tables:
+        if not args.wandb:
+            history = load_history(args.results_dir, runs.run_id)
+        written += write_plots(make_plots(tables["ablation"], runs, history), out)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`gqa-report`: print the Markdown tables, write table files (and plots) under --out."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.results_dir and not args.wandb:
+        parser.error("give RESULTS_DIR (e.g. results/) or --wandb ENTITY/PROJECT")
+    try:
+        written = _report(args)
+    except ReportError as e:
+        print(f"gqa-report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"gqa-report: wrote {len(written)} files to {written[0].parent}/" if written else "", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
