@@ -2,7 +2,9 @@
 
 K and V have `n_kv_heads` (G) heads; query head j reads KV head j // (H // G), as HF `repeat_kv` does,
 so the model exports to `transformers.LlamaForCausalLM` with identical logits. Grouping is done by
-`scaled_dot_product_attention(..., enable_gqa=True)`: K/V are never repeated to H heads.
+`scaled_dot_product_attention(..., enable_gqa=True)` in training and prefill, and by folding each group's
+query heads into the query axis for a single-token decode step (`Attention.fold_decode`): K/V are never
+repeated to H heads.
 """
 
 from __future__ import annotations
@@ -132,7 +134,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Per-layer K/V buffers of shape (B, G, block_size, d_head): exactly G heads, never H."""
+    """Per-layer K/V buffers of shape (B, G, block_size, d_head): exactly G heads, never H.
+
+    A step attends to the view `buf[:, :, :length]`: strided, not copied (CPU SDPA reads it in place).
+    """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
         shape = (batch_size, cfg.n_kv_heads, cfg.block_size, cfg.d_head)
@@ -146,8 +151,21 @@ class KVCache:
         per_token = sum(t[:, :, :1].nelement() * t.element_size() for t in self.k + self.v)
         return per_token * n
 
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's K/V after the cached tokens; return views of everything cached so far."""
+        start, T = self.length, k.shape[2]
+        self.k[layer][:, :, start : start + T] = k
+        self.v[layer][:, :, start : start + T] = v
+        return self.k[layer][:, :, : start + T], self.v[layer][:, :, : start + T]
+
 
 class Attention(nn.Module):
+    # Single-token decode folds each group's H/G query heads into the query-length axis, so SDPA reads each
+    # KV head once instead of once per query head (CPU enable_gqa does the latter: decode time then grows
+    # with H, not G). None = fold on CPU only: on CUDA it is unmeasured here, and the flash/efficient kernels
+    # already share K/V across a group. True/False force it (gqa-bench decode times both).
+    fold_decode: bool | None = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -165,19 +183,24 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def folds(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" if self.fold_decode is None else self.fold_decode
+
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
-        causal = True
+        causal = T > 1
         if cache is not None:
-            start = cache.length
-            cache.k[layer][:, :, start : start + T] = k
-            cache.v[layer][:, :, start : start + T] = v
-            k = cache.k[layer][:, :, : start + T]
-            v = cache.v[layer][:, :, : start + T]
-            causal = start == 0  # a prefill is plain causal; one new token sees every cached one
+            k, v = cache.append(layer, k, v)
+            causal = T > 1 and cache.length == 0  # a prefill is plain causal; one new token sees every cached one
         with sdpa_context(self.cfg.sdpa_backend):
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal and T > 1, enable_gqa=True)
+            if T == 1 and self.folds(x):
+                # (B, H, 1, d) -> (B, G, H/G, d): the group's query heads become G rows of H/G "positions",
+                # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
+                q = q.view(B, self.cfg.n_kv_heads, self.cfg.group_size, self.cfg.d_head)
+                y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
+                return self.o_proj(y.reshape(B, 1, -1))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()
@@ -288,6 +311,11 @@ class DecoderLM(nn.Module):
             worst = torch.maximum(worst, block.attn.max_logit(block.attn_norm(x), cos, sin).float())
             x = block(x, cos, sin)
         return float(worst)
+
+    def set_fold_decode(self, fold: bool | None) -> None:
+        """Force (True/False) or restore (None: CPU only) the folded single-token decode in every layer."""
+        for block in self.layers:
+            block.attn.fold_decode = fold
 
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         """Empty cache; its dtype defaults to the one K/V are computed in (autocast's, else the weights')."""

@@ -155,6 +155,67 @@ def test_cached_greedy_equals_uncached_for_64_tokens(G: int) -> None:
     assert cached[:, 8:].unique().numel() > 5  # a real continuation, not one repeated token
 
 
+@pytest.fixture
+def sdpa_calls(monkeypatch) -> list[tuple[tuple[int, ...], bool]]:
+    """Record (q shape, enable_gqa) of every scaled_dot_product_attention call the model makes."""
+    calls: list[tuple[tuple[int, ...], bool]] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        calls.append((tuple(q.shape), kwargs.get("enable_gqa", False)))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["auto", "math"])
+@pytest.mark.parametrize("G", GROUPS)
+def test_folded_decode_step_equals_grouped_sdpa(G: int, backend: str, sdpa_calls) -> None:
+    model = tiny(G, sdpa_backend=backend)
+    B, T, D = 3, 9, model.cfg.d_head
+    steps = {}
+    for fold in (True, False):
+        model.set_fold_decode(fold)
+        cache = model.new_cache(B)
+        model(tokens(B, T), cache)
+        sdpa_calls.clear()
+        steps[fold] = [model(tokens(B, 1, seed=s), cache)[:, -1] for s in range(1, 6)]
+        q_shape = (B, G, H // G, D) if fold else (B, H, 1, D)
+        assert sdpa_calls == [(q_shape, not fold)] * (2 * 5)  # 2 layers x 5 steps, one path only
+    for folded, grouped in zip(steps[True], steps[False]):
+        torch.testing.assert_close(folded, grouped, rtol=1e-5, atol=1e-5)
+
+
+def test_fold_decode_defaults_to_cpu_only_and_prefill_keeps_enable_gqa(sdpa_calls) -> None:
+    model = tiny(2)
+    assert model.layers[0].attn.fold_decode is None and model.layers[0].attn.folds(torch.zeros(1))
+    assert not model.layers[0].attn.folds(torch.zeros(1, device="meta"))  # any non-CPU device: unfolded
+    model.generate(tokens(2, 6), 3)
+    prefill, steps = sdpa_calls[:2], sdpa_calls[2:]
+    assert prefill == [((2, H, 6, model.cfg.d_head), True)] * 2
+    assert steps == [((2, 2, H // 2, model.cfg.d_head), False)] * (2 * 2)
+
+
+@pytest.mark.parametrize("G", [1, 4])
+def test_cached_greedy_equals_uncached_with_either_decode_path(G: int) -> None:
+    model = tiny(G)
+    prompt = tokens(2, 8)
+    uncached = model.generate(prompt, 40, use_cache=False)
+    for fold in (True, False):
+        model.set_fold_decode(fold)
+        assert torch.equal(model.generate(prompt, 40, use_cache=True), uncached)
+
+
+def test_decode_attends_to_a_view_of_the_cache_not_a_copy() -> None:
+    model = tiny(2)
+    cache = model.new_cache(2)
+    model(tokens(2, 5), cache)
+    k, v = cache.append(0, torch.ones(2, 2, 1, model.cfg.d_head), torch.ones(2, 2, 1, model.cfg.d_head))
+    assert k.data_ptr() == cache.k[0].data_ptr() and v.data_ptr() == cache.v[0].data_ptr()
+    assert k.shape[2] == 6 and torch.equal(cache.k[0][:, :, 5], torch.ones(2, 2, model.cfg.d_head))
+
+
 @pytest.mark.parametrize("G", GROUPS)
 def test_cache_holds_exactly_G_heads_of_rotated_keys(G: int) -> None:
     model = tiny(G)
