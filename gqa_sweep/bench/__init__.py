@@ -1,0 +1,5 @@
+"""gqa-bench: attention, decode, serving and training-throughput benchmarks across G (see `cli` for usage).
+
+One module per job: `common` (environment, timing, memory, tables), `attention`, `decode`, `serve`, `train`,
+and `cli` (the `gqa-bench` console script).
+"""

@@ -1,0 +1,234 @@
+"""What every benchmark shares: environment, interleaved timing, memory, model presets, output tables.
+
+Competing implementations are timed in one process, interleaved repeat by repeat (the order flips every
+repeat), so drift from a shared machine lands on all of them; warm-up is excluded; medians, min and max
+are reported. CUDA times use events after a synchronize; CPU times use perf_counter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gqa_sweep.metrics import device_name
+from gqa_sweep.model import DecoderLM, ModelConfig
+
+# Kineto (torch.profiler's backend) prints `USDT: ... profiler_start/stop` lines to stderr on every profile;
+# level 6 is above all of its message kinds. It is read when the profiler first starts, so setting it here
+# (before any profile) is enough.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Vocabulary and context per model preset: a sweep takes them from its data, a benchmark sets them here.
+_VOCAB_AND_BLOCK = {"tiny": (512, 256), "small": (8192, 512), "gpt2-124m": (50304, 1024)}
+
+
+def _preset(name: str) -> dict:
+    """The shape of the sweep's `model=<name>` (conf/model/<name>.yaml), so both mean the same model."""
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / f"{name}.yaml")
+    vocab, block = _VOCAB_AND_BLOCK[name]
+    keys = ("n_layers", "d_model", "n_heads", "d_head", "d_ff", "tie_embeddings")
+    return {"vocab_size": vocab, "block_size": block, **{k: m[k] for k in keys}}
+
+
+# Model presets; --n-layers/--n-heads/--d-model/--d-head/--[no-]tie-embeddings override them. "cache-bound" is
+# a decode shape whose KV cache outweighs its weights at 1k-4k tokens x batch 8-16 (60 MB of fp32 weights vs
+# a 1 GiB MHA cache at 4k x 16), where decode time tracks G.
+PRESETS = {name: _preset(name) for name in _VOCAB_AND_BLOCK} | {
+    "cache-bound": dict(vocab_size=8192, block_size=4096, n_layers=4, d_model=512, n_heads=16, d_head=32,
+                        d_ff=None, tie_embeddings=False),
+}  # fmt: skip
+
+# Peak HBM bandwidth in bytes/s by device-name substring; first match wins.
+PEAK_HBM = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100 80GB", 2.0e12),
+            ("A100-SXM4-80GB", 2.0e12), ("A100", 1.555e12)]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- environment
+@dataclass
+class Env:
+    device: torch.device
+    dtype_name: str
+    device_name: str
+    torch_version: str
+    date: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype_name]
+
+    @property
+    def elem(self) -> int:
+        """Bytes per element of the benchmark dtype."""
+        return torch.tensor([], dtype=self.dtype).element_size()
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def columns(self) -> dict:
+        return {"device": self.device_name, "dtype": self.dtype_name, "torch": self.torch_version, "date": self.date}
+
+
+def make_env(device: str, dtype: str) -> Env:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
+    dev = torch.device(device)
+    name = device_name(dev) + ("" if dev.type == "cuda" else f" ({torch.get_num_threads()} threads)")
+    return Env(dev, dtype, name, torch.__version__, datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+def peak_bandwidth(name: str) -> float:
+    """Datasheet peak HBM bytes/s of the named device; NaN when unknown (CPUs included)."""
+    return next((bw for key, bw in PEAK_HBM if key in name), math.nan)
+
+
+def model_config(a: argparse.Namespace, n_kv_heads: int, block_size: int | None = None) -> ModelConfig:
+    base = dict(PRESETS[a.model])
+    for key in ("n_layers", "n_heads", "d_model", "d_head", "vocab_size", "tie_embeddings"):
+        if getattr(a, key, None) is not None:
+            base[key] = getattr(a, key)
+    if getattr(a, "d_model", None) is not None and getattr(a, "d_head", None) is None:
+        base["d_head"] = None  # a new width re-derives d_head = d_model / n_heads
+    if block_size is not None:
+        base["block_size"] = block_size
+    return ModelConfig(**base, n_kv_heads=n_kv_heads)
+
+
+def weight_bytes(model: DecoderLM, elem: int) -> int:
+    """Bytes of weights one decode step streams: every matmul weight once (the embedding is a row lookup)."""
+    n = model.num_params() - (0 if model.cfg.tie_embeddings else model.embed.weight.numel())
+    return n * elem
+
+
+# -------------------------------------------------------------------------------------------------- timing
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of `fn` takes on `device` (CUDA events, so queued kernels are counted)."""
+    if device.type == "cuda":
+        synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict, device: torch.device, warmup: int, repeats: int) -> dict[object, list[float]]:
+    """Time every fn once per repeat, alternating the order, after `warmup` untimed rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[object, list[float]] = {k: [] for k in fns}
+    items = list(fns.items())
+    for r in range(repeats):
+        for key, fn in items if r % 2 == 0 else items[::-1]:
+            times[key].append(time_call(fn, device))
+    return times
+
+
+def stats(xs: list[float]) -> tuple[float, float, float]:
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Measured memory bandwidth in bytes/s: a large `dst.copy_(src)` moves 2 x nbytes (read + write).
+
+    The default 512 MiB is far above any last-level cache, so this is the DRAM (or HBM) rate a decode step
+    that streams its cache and weights can hope for.
+    """
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
+    times = interleaved({"copy": lambda: dst.copy_(src)}, device, warmup=1, repeats=repeats)["copy"]
+    return 2 * nbytes / statistics.median(times)
+
+
+def free_memory_bytes(device: torch.device) -> float:
+    """Memory still free: CUDA's free bytes, or MemAvailable from /proc/meminfo on CPU (NaN if unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes allocated by torch during one call of `fn`, above what was allocated before it.
+
+    CUDA: the caching allocator's high-water mark. CPU: torch keeps no CPU high-water mark, so the
+    alloc/free events of torch.profiler(profile_memory=True) are replayed in time order and their running
+    sum's maximum is taken: tensors only (no allocator slack, no Python objects), as on CUDA.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return float(peak)
+
+
+def profile_table(fns: dict, device: torch.device, row_limit: int = 15) -> str:
+    """torch.profiler top-ops table (by self time) of one call of each fn: the evidence behind a ratio."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    parts = []
+    for name, fn in fns.items():
+        with profile(activities=acts) as prof:
+            fn()
+            synchronize(device)
+        parts.append(f"## {name}\n\n{prof.key_averages().table(sort_by=sort, row_limit=row_limit)}")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------- output
+def write_table(df: pd.DataFrame, env: Env, kind: str, out: Path, title: str, notes: str = "") -> tuple[Path, Path]:
+    """Print the table and write `<out>/<kind>.csv` and `<out>/<kind>.md`; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    full = df.assign(**env.columns())
+    csv, md = out / f"{kind}.csv", out / f"{kind}.md"
+    full.to_csv(csv, index=False)
+    header = f"device: {env.device_name} | dtype: {env.dtype_name} | torch: {env.torch_version} | date: {env.date}"
+    body = df.to_markdown(index=False, floatfmt=".4g")
+    md.write_text(f"# gqa-bench {kind}: {title}\n\n{header}\n\n{notes}\n\n{body}\n".replace("\n\n\n", "\n\n"))
+    print(f"{title}\n{header}\n{body}\nwrote {csv} and {md}")
+    return csv, md

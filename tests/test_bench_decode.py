@@ -1,0 +1,70 @@
+"""gqa-bench decode: the table's derived columns, and the three decoders agreeing token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gqa_sweep.bench.common import weight_bytes
+from gqa_sweep.bench.decode import cache_bytes, decode_fn, first_tokens, hf_copy, hf_decode_fn, random_cache
+from gqa_sweep.model import DecoderLM, ModelConfig, divisors
+from tests.bench_helpers import assert_finite_positive, assert_header, run_quick
+
+
+@pytest.fixture(scope="module")
+def decode(tmp_path_factory):
+    return run_quick("decode", tmp_path_factory)
+
+
+def test_decode_table(decode):
+    df, md = decode
+    contexts, B = [16, 32], 2
+    assert sorted(zip(df["G"], df["context"])) == [(G, c) for G in divisors(4) for c in contexts]
+    assert_finite_positive(df)
+    cfg = ModelConfig(vocab_size=256, block_size=34, n_layers=2, d_model=64, n_heads=4, n_kv_heads=1)
+    expected = 2 * df["G"] * cfg.d_head * cfg.n_layers * df["context"] * B * 4  # fp32
+    assert df["cache_MiB"].tolist() == pytest.approx((expected / 2**20).tolist(), rel=1e-12)
+    per_token = (df["cache_MiB"] + df["weight_MiB"]) * 2**20 / B
+    assert df["bytes_per_token"].tolist() == pytest.approx(per_token.tolist(), rel=1e-12)
+    for impl in ("folded", "unfolded", "hf"):
+        step = df[f"{impl}_ms_per_token"] / 1e3
+        assert df[f"{impl}_tok_s"].tolist() == pytest.approx((B / step).tolist(), rel=1e-9)
+        assert df[f"{impl}_GBps"].tolist() == pytest.approx((per_token * B / step / 1e9).tolist(), rel=1e-9)
+    assert df["folded_over_hf"].tolist() == pytest.approx((df["folded_tok_s"] / df["hf_tok_s"]).tolist())
+    assert df["folded_frac_of_copy"].tolist() == pytest.approx((df["folded_GBps"] / df["copy_GBps"]).tolist())
+    mha = df[df.G == 4].set_index("context")
+    assert mha["folded_vs_mha"].tolist() == [1.0, 1.0] and mha["attn_vs_proportional"].tolist() == [1.0, 1.0]
+    for _, row in df.iterrows():
+        model = DecoderLM(ModelConfig(vocab_size=256, block_size=34, n_layers=2, d_model=64, n_heads=4,
+                                      n_kv_heads=int(row.G)))  # fmt: skip
+        assert row.weight_MiB * 2**20 == weight_bytes(model, 4)
+        at_mha = mha.loc[row.context]
+        assert row.attn_vs_proportional == pytest.approx(
+            row.attn_folded_ms / (at_mha.attn_folded_ms * row.G / 4), rel=1e-9
+        )
+    assert_header(df, md)
+
+
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_folded_unfolded_and_hf_decode_the_same_tokens_from_the_same_cache(G):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, block_size=40, n_layers=2, d_model=32, n_heads=4, n_kv_heads=G)
+    with torch.no_grad():  # large weights: well separated logits, so greedy choices are stable
+        model = DecoderLM(cfg).eval()
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    cache = random_cache(model, batch=3, ctx=20, seed=0)
+    first = first_tokens(cfg, 3, seed=1, device="cpu")
+    runs = {
+        "folded": decode_fn(model, cache, first, new_tokens=8, fold=True),
+        "unfolded": decode_fn(model, cache, first, new_tokens=8, fold=False),
+        "hf": hf_decode_fn(hf_copy(model), cache, first, new_tokens=8),
+    }
+    out = {name: [run(), run()] for name, run in runs.items()}  # twice: every call restarts at 20 tokens
+    for name, (a, b) in out.items():
+        assert torch.equal(a, b), name
+        assert torch.equal(a, out["folded"][0]), name
+    assert out["folded"][0].shape == (3, 8) and out["folded"][0].unique().numel() > 3  # a real continuation
+    assert cache.length == 28 and runs["hf"].cache.get_seq_length() == 20
+    assert cache.k[0].shape == (3, G, 40, 8)  # G heads, never H
+    assert cache.nbytes(20) == cache_bytes(cfg, 3, 20, 4) == 2 * G * 8 * 2 * 20 * 3 * 4
