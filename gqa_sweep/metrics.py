@@ -87,18 +87,27 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def decode_tokens_per_s(model: DecoderLM, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
-    """Median tokens/s of KV-cached greedy decoding (batch * new tokens / wall time, prefill included)."""
+    """Median tokens/s of KV-cached greedy decode steps after a prefill of `prompt` (B, T); prefill untimed.
+
+    Each repeat prefills a fresh cache, then times `new_tokens` single-token steps (the cache grows from T to
+    T + new_tokens - 1 tokens read): B * new_tokens / their wall time. Needs T + new_tokens <= block_size.
+    """
+    B, T = prompt.shape
+    if T + new_tokens > model.cfg.block_size or new_tokens < 1:
+        raise ValueError(f"prompt ({T}) + new_tokens ({new_tokens}) must be in [T+1, block_size={model.cfg.block_size}]")
     was_training = model.training
     model.eval()
     device = prompt.device
-    new_tokens = min(new_tokens, model.cfg.block_size - prompt.shape[1])
-    model.generate(prompt, min(4, new_tokens))  # warm-up: allocator, kernels
     times = []
-    for _ in range(repeats):
+    for r in range(repeats + 1):  # the first round warms up the allocator and kernels
+        cache = model.new_cache(B)
+        tok = model(prompt, cache)[:, -1].argmax(dim=-1, keepdim=True)
         _sync(device)
         t0 = time.perf_counter()
-        model.generate(prompt, new_tokens)
+        for _ in range(new_tokens):
+            tok = model(tok, cache)[:, -1].argmax(dim=-1, keepdim=True)
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        if r:
+            times.append(time.perf_counter() - t0)
     model.train(was_training)
-    return prompt.shape[0] * new_tokens / statistics.median(times)
+    return B * new_tokens / statistics.median(times)

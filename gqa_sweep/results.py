@@ -74,6 +74,9 @@ RUN_COLUMNS: dict[str, str] = {
     "resumed_from_step": "INTEGER",
     "error": "TEXT",
     "host": "TEXT",
+    # What the per-run decode measured: sequences per step and tokens cached at the last step.
+    "decode_batch": "INTEGER",
+    "decode_context": "INTEGER",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

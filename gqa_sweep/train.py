@@ -125,6 +125,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
     if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
+    validate_decode(cfg)
     init = cfg.init
     if init.method not in INIT_METHODS:
         raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
@@ -408,6 +409,29 @@ def run(cfg: DictConfig) -> dict:
         finish_wandb(loggers, row)
 
 
+def validate_decode(cfg: DictConfig) -> None:
+    m, block = cfg.metrics, cfg.data.block_size
+    for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
+        if not isinstance(m[key], int) or m[key] < 1:
+            raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
+    if m.decode_new_tokens >= block:
+        raise ConfigError(f"metrics.decode_new_tokens={m.decode_new_tokens} must be below data.block_size={block} "
+                          f"(the prompt needs >= 1 token); e.g. metrics.decode_new_tokens={max(1, block // 2)}")
+    if m.get("decode_fill_cache", False) not in (True, False):
+        raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
+
+
+def decode_shape(cfg: DictConfig) -> tuple[int, int]:
+    """(batch, context) of the per-run decode: context = tokens cached when the last new token is computed.
+
+    metrics.decode_fill_cache=true grows the prompt so the cache ends full (context = block_size): the
+    cache-bound setting where fewer KV heads pay off; otherwise prompt + new tokens, capped at block_size.
+    """
+    block, new = int(cfg.data.block_size), int(cfg.metrics.decode_new_tokens)
+    prompt = block - new if cfg.metrics.get("decode_fill_cache", False) else int(cfg.metrics.decode_prompt_tokens)
+    return int(cfg.metrics.decode_batch), min(prompt + new, block)
+
+
 def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary: dict) -> dict:
     """Per-run numbers taken after training: FLOPs, MFU, KV bytes, decode speed."""
     device = trainer.strategy.root_device
@@ -424,13 +448,16 @@ def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary:
         "kv_dtype": kv_dtype,
         "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
         "decode_tokens_per_s": math.nan,
+        **dict(zip(("decode_batch", "decode_context"), decode_shape(cfg))),
     }
     if summary["diverged_step"] is None and trainer.is_global_zero:
         # Decode as it would be served: weights and cache in the training compute dtype.
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kv_dtype]
         infer = copy.deepcopy(model).to(device=device, dtype=torch_dtype)
-        prompt = dm.sample_prompt(int(cfg.metrics.decode_batch), int(cfg.metrics.decode_prompt_tokens)).to(device)
-        out["decode_tokens_per_s"] = decode_tokens_per_s(infer, prompt, int(cfg.metrics.decode_new_tokens))
+        batch, context = decode_shape(cfg)
+        new = int(cfg.metrics.decode_new_tokens)
+        prompt = dm.sample_prompt(batch, context - new).to(device)
+        out["decode_tokens_per_s"] = decode_tokens_per_s(infer, prompt, new)
     return out
 
 

@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     write_table(df, env, a.kind, a.out, TITLES[a.kind], NOTES[a.kind])
     if a.kind == "serve":
-        print(f"wrote {', '.join(map(str, write_plot(df, env, a, a.out)))}\nMHA max batch = {gqa_kv_command(df, a, env)}")
+        print(f"wrote {', '.join(map(str, write_plot(df, env, a, a.out)))}")
+        print(f"MHA's max batch is the one of: {gqa_kv_command(df, a, env)}")
     if prof:
         (a.out / f"{a.kind}_profile.txt").write_text(prof)
         print(f"wrote {a.out / f'{a.kind}_profile.txt'}")

@@ -100,7 +100,8 @@ def plot_serve(df: pd.DataFrame, title: str) -> Figure:
 def write_plot(df: pd.DataFrame, env: Env, a: argparse.Namespace, out) -> list:
     cfg = model_config(a, 1)
     title = (f"{cfg.n_layers} layers, d_model {cfg.d_model}, H={cfg.n_heads}, d_head {cfg.d_head}, context "
-             f"{a.context}, {df.memory_bytes.iloc[0] / 1e9:.3g} GB budget\n{env.device_name}, {env.dtype_name}, {env.date[:10]}")
+             f"{a.context}, {df.memory_bytes.iloc[0] / 1e9:.3g} GB budget\n"
+             f"{env.device_name}, {env.dtype_name}, {env.date[:10]}")
     fig = plot_serve(df, title)
     paths = [out / "serve.png", out / "serve.svg"]
     for p in paths:

@@ -1,0 +1,49 @@
+"""The per-run decode measurement: what it times, and the row columns that say what it measured."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gqa_sweep.metrics import decode_tokens_per_s
+from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.results import load_runs
+from tests.conftest import TINY, gqa_sweep
+
+
+def test_decode_tokens_per_s_times_steps_only_and_rejects_overflow(one_thread) -> None:
+    model = DecoderLM(ModelConfig(vocab_size=64, block_size=24, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2))
+    prompt = torch.randint(64, (2, 16))
+    assert 0 < decode_tokens_per_s(model, prompt, 8, repeats=2) < math.inf  # fills the cache to block_size
+    with pytest.raises(ValueError, match=r"prompt \(16\) \+ new_tokens \(9\) must be in \[T\+1, block_size=24\]"):
+        decode_tokens_per_s(model, prompt, 9)
+
+
+def test_row_records_decode_batch_and_context_and_fill_cache_fills_it(tiny_sweep: Path, tmp_path: Path) -> None:
+    runs = load_runs(tiny_sweep)
+    assert set(runs.decode_batch) == {2} and set(runs.decode_context) == {4 + 8}  # prompt + new tokens
+    results = tmp_path / "results"
+    proc = gqa_sweep(*TINY, "model.n_kv_heads=2", "metrics.decode_fill_cache=true", f"results_dir={results}",
+                     cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = load_runs(results).iloc[0]
+    assert row.decode_context == 32 and row.decode_batch == 2  # data.block_size=32: the cache ends full
+    assert row.decode_tokens_per_s > 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("metrics.decode_new_tokens=32", "metrics.decode_new_tokens=32 must be below data.block_size=32"),
+        ("metrics.decode_batch=0", "metrics.decode_batch=0 must be a positive integer"),
+        ("metrics.decode_fill_cache=maybe", "metrics.decode_fill_cache=maybe must be true or false"),
+    ],
+)
+def test_bad_decode_settings_fail_before_training(override: str, message: str, tmp_path: Path) -> None:
+    proc = gqa_sweep(*TINY, override, f"results_dir={tmp_path / 'results'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "results" / "runs.sqlite").exists()
