@@ -94,7 +94,8 @@ def decode_tokens_per_s(model: DecoderLM, prompt: torch.Tensor, new_tokens: int,
     """
     B, T = prompt.shape
     if T + new_tokens > model.cfg.block_size or new_tokens < 1:
-        raise ValueError(f"prompt ({T}) + new_tokens ({new_tokens}) must be in [T+1, block_size={model.cfg.block_size}]")
+        bs = model.cfg.block_size
+        raise ValueError(f"prompt ({T}) + new_tokens ({new_tokens}) must be in [T+1, block_size={bs}]")
     was_training = model.training
     model.eval()
     device = prompt.device

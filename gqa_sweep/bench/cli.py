@@ -54,9 +54,10 @@ NOTES = {
     "unfolded = SDPA enable_gqa, hf = transformers LlamaForCausalLM + DynamicCache with the same weights. "
     "bytes_per_token = (cache_bytes + matmul weight bytes) / batch, read once per step; <impl>_GBps = those "
     "bytes per step / step time; copy_GBps = measured 2 x bytes / time of a 512 MiB tensor.copy_ (read + write); "
-    "folded_frac_of_copy = folded_GBps / copy_GBps. attn_*_ms = one single-token SDPA call alone at (batch, H, "
-    "context, d_head); attn_vs_proportional = attn_folded_ms / (attn_folded_ms at G=H x G/H), 1 = proportional "
-    "to G; folded_vs_mha = folded_tok_s / folded_tok_s at G=H.",
+    "folded_frac_of_copy = folded_GBps / copy_GBps; folded_hbm_frac = folded_GBps / datasheet HBM peak (NaN on "
+    "CPU). attn_*_ms = one single-token SDPA call alone at (batch, H, context, d_head); attn_vs_proportional = "
+    "attn_folded_ms / (attn_folded_ms at G=H x G/H), 1 = proportional to G; "
+    "folded_vs_mha = folded_tok_s / folded_tok_s at G=H.",
     "serve": "batch doubles from 1, then the largest batch (max_batch) whose weights (all parameters) + KV cache "
     "of `context` tokens per sequence fit in memory_bytes, as `gqa-kv --memory` computes it; the cache ends "
     "each timed call holding exactly `context` tokens; ms_per_token = median step time, tokens_per_s = batch / "

@@ -21,6 +21,7 @@ from gqa_sweep.bench.common import (
     copy_bandwidth,
     interleaved,
     model_config,
+    peak_bandwidth,
     profile_table,
     stats,
     weight_bytes,
@@ -132,6 +133,7 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
                 folded_over_unfolded=row["folded_tok_s"] / row["unfolded_tok_s"],
                 folded_over_hf=row["folded_tok_s"] / row["hf_tok_s"],
                 copy_GBps=copy_bw / 1e9, folded_frac_of_copy=row["folded_GBps"] * 1e9 / copy_bw,
+                folded_hbm_frac=row["folded_GBps"] * 1e9 / peak_bandwidth(env.device_name),
                 attn_folded_ms=t[("attn_folded", G)][0] * 1e3, attn_enable_gqa_ms=t[("attn_enable_gqa", G)][0] * 1e3,
             )  # fmt: skip
             rows.append(row)
