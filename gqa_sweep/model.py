@@ -162,8 +162,9 @@ class KVCache:
 class Attention(nn.Module):
     # Single-token decode folds each group's H/G query heads into the query-length axis, so SDPA reads each
     # KV head once instead of once per query head (CPU enable_gqa does the latter: decode time then grows
-    # with H, not G). None = fold on CPU only: on CUDA it is unmeasured here, and the flash/efficient kernels
-    # already share K/V across a group. True/False force it (gqa-bench decode times both).
+    # with H, not G). None = fold on CPU only, where it was measured to help (docs/benchmarks.md); on CUDA it
+    # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
+    # (`gqa-bench decode` times both).
     fold_decode: bool | None = None
 
     def __init__(self, cfg: ModelConfig) -> None:

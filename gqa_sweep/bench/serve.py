@@ -99,9 +99,11 @@ def plot_serve(df: pd.DataFrame, title: str) -> Figure:
 
 def write_plot(df: pd.DataFrame, env: Env, a: argparse.Namespace, out) -> list:
     cfg = model_config(a, 1)
-    title = (f"{cfg.n_layers} layers, d_model {cfg.d_model}, H={cfg.n_heads}, d_head {cfg.d_head}, context "
-             f"{a.context}, {df.memory_bytes.iloc[0] / 1e9:.3g} GB budget\n"
-             f"{env.device_name}, {env.dtype_name}, {env.date[:10]}")
+    title = (
+        f"{cfg.n_layers} layers, d_model {cfg.d_model}, H={cfg.n_heads}, d_head {cfg.d_head}, context "
+        f"{a.context}, {df.memory_bytes.iloc[0] / 1e9:.3g} GB budget\n"
+        f"{env.device_name}, {env.dtype_name}, {env.date[:10]}"
+    )
     fig = plot_serve(df, title)
     paths = [out / "serve.png", out / "serve.svg"]
     for p in paths:
@@ -112,6 +114,8 @@ def write_plot(df: pd.DataFrame, env: Env, a: argparse.Namespace, out) -> list:
 def gqa_kv_command(df: pd.DataFrame, a: argparse.Namespace, env: Env) -> str:
     """The `gqa-kv` call whose max-batch column the MHA row must equal (weights of the MHA model)."""
     cfg, mha = model_config(a, 1), df[df.G == df.G.max()].iloc[0]
-    return (f"gqa-kv --layers {cfg.n_layers} --heads {cfg.n_heads} --kv-heads {cfg.n_heads} --head-dim {cfg.d_head} "
-            f"--seq {a.context} --dtype {env.dtype_name} --memory {int(mha.memory_bytes)} "
-            f"--weights-bytes {int(mha.weight_bytes)}")
+    return (
+        f"gqa-kv --layers {cfg.n_layers} --heads {cfg.n_heads} --kv-heads {cfg.n_heads} --head-dim {cfg.d_head} "
+        f"--seq {a.context} --dtype {env.dtype_name} --memory {int(mha.memory_bytes)} "
+        f"--weights-bytes {int(mha.weight_bytes)}"
+    )

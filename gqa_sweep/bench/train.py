@@ -16,6 +16,7 @@ from gqa_sweep.bench.common import Env, model_config, profile_table, stats, sync
 from gqa_sweep.metrics import flops_per_token, peak_flops
 from gqa_sweep.model import DecoderLM, divisors
 
+
 def to_hf_for_training(model: DecoderLM):
     """The same model and weights as `transformers.LlamaForCausalLM`, SDPA attention, no KV cache objects."""
     from gqa_sweep.hf import to_hf
