@@ -198,13 +198,14 @@ def test_fold_decode_defaults_to_cpu_only_and_prefill_keeps_enable_gqa(sdpa_call
 
 
 @pytest.mark.parametrize("G", [1, 4])
-def test_cached_greedy_equals_uncached_with_either_decode_path(G: int) -> None:
+def test_cached_greedy_equals_uncached_with_either_decode_path(G: int, repeat_calls) -> None:
     model = tiny(G)
     prompt = tokens(2, 8)
     uncached = model.generate(prompt, 40, use_cache=False)
     for fold in (True, False):
         model.set_fold_decode(fold)
         assert torch.equal(model.generate(prompt, 40, use_cache=True), uncached)
+    assert repeat_calls == []  # neither decode path repeats K/V
 
 
 def test_decode_attends_to_a_view_of_the_cache_not_a_copy() -> None:
