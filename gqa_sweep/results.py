@@ -74,6 +74,9 @@ RUN_COLUMNS: dict[str, str] = {
     "resumed_from_step": "INTEGER",
     "error": "TEXT",
     "host": "TEXT",
+    # Stability mitigations (experiment=stability).
+    "qk_norm": "INTEGER",
+    "z_loss": "REAL",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

@@ -87,6 +87,7 @@ def run_id_of(cfg: dict) -> str:
 def run_name(cfg: dict) -> str:
     m = cfg["model"]
     name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
+    name += "-qknorm" * bool(m.get("qk_norm")) + (f"-z{cfg['optim']['z_loss']:g}" if cfg["optim"].get("z_loss") else "")
     if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
         name += f"-{cfg['init']['method']}"
     if cfg["init"].get("alpha") is not None:
@@ -352,6 +353,8 @@ def run(cfg: DictConfig) -> dict:
         "tokenizer": dm.tokenizer_label,
         "precision": str(cfg.trainer.precision),
         "sdpa_backend": cfg.model.sdpa_backend,
+        "qk_norm": bool(cfg.model.qk_norm),
+        "z_loss": float(cfg.optim.z_loss),
         "init": "scratch" if cfg.init.method == "scratch" else f"mha_{cfg.init.method}",
         "alpha": cfg.init.alpha,
         "parent_run_id": parent_id,
