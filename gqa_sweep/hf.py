@@ -60,27 +60,27 @@ def hf_key(name: str) -> str:
 
 def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
     """The HF config of our model: Qwen3Config with qk_norm, else LlamaConfig (block_size -> max_position_embeddings)."""
-    common = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.d_head,
-        hidden_act="silu",
-        max_position_embeddings=cfg.block_size,
-        initializer_range=cfg.init_std,
-        rms_norm_eps=cfg.norm_eps,  # Qwen3 uses it for q_norm / k_norm too, as we do
-        rope_theta=cfg.rope_theta,  # transformers 5 moves it into rope_parameters itself
-        tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        attention_dropout=0.0,
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "initializer_range": cfg.init_std,
+        "rms_norm_eps": cfg.norm_eps,  # Qwen3 uses it for q_norm / k_norm too, as we do
+        "rope_theta": cfg.rope_theta,  # transformers 5 moves it into rope_parameters itself
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
         # Our models have no special tokens; Llama's defaults (bos=1, eos=2) would stop HF generate early.
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
     if cfg.qk_norm:  # Qwen3 has no MLP-bias switch (never biased) and, with use_sliding_window off, full attention
         return _transformers().Qwen3Config(**common, use_sliding_window=False)
     if cfg.d_model % cfg.n_heads:

@@ -38,7 +38,7 @@ LOSSES = {
 
 @pytest.mark.parametrize("coef", [0.0, 1e-4, 0.5])
 def test_z_loss_adds_coef_times_mean_log_z_squared(coef: float, one_thread) -> None:
-    cfg = dict(vocab_size=V, block_size=16, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2)
+    cfg = {"vocab_size": V, "block_size": 16, "n_layers": 1, "d_model": 32, "n_heads": 4, "n_kv_heads": 2}
     module = LMModule(cfg, z_loss=coef)
     with torch.no_grad():  # logits far from 0, so log Z is far from ln V and the z term is not negligible
         module.model.lm_head.weight.normal_(0, 1.0)

@@ -63,9 +63,9 @@ def _stability_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """From-scratch runs with a `mitigation` label; empty unless some (model, G, mitigation) has several lrs."""
     df = prepare(runs)
     df = df[(df.init == "scratch") & df.alpha.isna()]  # conversion runs belong to the conversion table
+    df = df.assign(mitigation=mitigation(df))
     if df.empty:
         return df
-    df = df.assign(mitigation=mitigation(df))
     keys = ["model", "n_kv_heads", "mitigation"]
     if df.groupby(keys, observed=True).lr.nunique().max() <= 1 or df.mitigation.nunique() <= 1:
         return df.iloc[:0]  # one mitigation: the plain lr_sensitivity table already says it all
