@@ -74,6 +74,8 @@ class ModelConfig:
             self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)  # any width exports: HF takes it as is
         if not isinstance(self.d_ff, int) or self.d_ff <= 0:
             raise ValueError(f"d_ff={self.d_ff!r} must be a positive integer (or None for ~8/3 d_model)")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm={self.qk_norm!r} must be true or false")
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
 

@@ -50,8 +50,9 @@ class LMModule(L.LightningModule):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and z-loss = mean over tokens of log(Z)^2, Z the output softmax's normaliser (PaLM)."""
-        logits = self._forward(x).float().view(-1, self.model.cfg.vocab_size)
-        return F.cross_entropy(logits, y.view(-1)), logits.logsumexp(-1).pow(2).mean()
+        logits, y = self._forward(x).float().view(-1, self.model.cfg.vocab_size), y.view(-1)
+        # Both over the same tokens: cross_entropy skips labels of -100 (its ignore_index), so does the z-loss.
+        return F.cross_entropy(logits, y), logits[y != -100].logsumexp(-1).pow(2).mean()
 
     def training_step(self, batch, batch_idx):
         ce, z = self.losses(*batch)

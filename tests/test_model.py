@@ -367,6 +367,7 @@ def cfg(**kw) -> ModelConfig:
             dict(d_model=48, n_heads=12, n_kv_heads=5),
             "n_heads=12 is not divisible by n_kv_heads=5; choose n_kv_heads from 1, 2, 3, 4, 6, 12",
         ),
+        (dict(qk_norm="yes"), "qk_norm='yes' must be true or false"),
         (
             dict(n_kv_heads=16),
             "n_kv_heads=16 is larger than n_heads=8; choose n_kv_heads from 1, 2, 4, 8 (G=1 is MQA, G=8 is MHA)",

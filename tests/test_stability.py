@@ -44,15 +44,17 @@ def test_z_loss_adds_coef_times_mean_log_z_squared(coef: float, one_thread) -> N
         module.model.lm_head.weight.normal_(0, 1.0)
     x = torch.randint(0, V, (3, 16), generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, V, (3, 16), generator=torch.Generator().manual_seed(1))
+    y[0, :5] = -100  # masked labels count in neither term
     loss = module.training_step((x, y), 0)
-    logits = module.model(x).double().view(-1, V)
+    keep = y.view(-1) != -100
+    logits = module.model(x).double().view(-1, V)[keep]
     log_z = torch.log(torch.exp(logits).sum(-1))  # by hand, in float64
-    ce = (log_z - logits.gather(1, y.view(-1, 1)).squeeze(1)).mean()
+    ce = (log_z - logits.gather(1, y.view(-1)[keep].view(-1, 1)).squeeze(1)).mean()
     z = (log_z**2).mean()
     assert z.item() > 1.0
     assert loss.item() == pytest.approx((ce + coef * z).item(), rel=1e-5)
     assert module.last_loss.item() == pytest.approx(ce.item(), rel=1e-5)  # the logged train loss: CE alone
-    assert module.loss(x, y).item() == pytest.approx(F.cross_entropy(logits, y.view(-1)).item(), rel=1e-5)
+    assert module.loss(x, y).item() == pytest.approx(F.cross_entropy(logits, y.view(-1)[keep]).item(), rel=1e-5)
 
 
 def test_a_run_records_qk_norm_and_z_loss(tmp_path: Path) -> None:
@@ -66,6 +68,14 @@ def test_a_run_records_qk_norm_and_z_loss(tmp_path: Path) -> None:
     model, _ = load_model(results / "runs" / row["run_id"] / "model.pt")
     assert model.cfg.qk_norm and model.layers[0].attn.q_norm.weight.shape == (model.cfg.d_head,)
     assert load_history(results).max_attn_logit.notna().sum() >= 2
+
+
+def test_negative_z_loss_is_a_one_line_config_error(tmp_path: Path) -> None:
+    proc = gqa_sweep(*TINY, "optim.z_loss=-1e-4", f"results_dir={tmp_path / 'results'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "optim.z_loss=-0.0001 must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4"
+    ]
 
 
 # --- the report ---------------------------------------------------------------------------------------------
