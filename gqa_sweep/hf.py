@@ -1,7 +1,9 @@
-"""Convert between DecoderLM and transformers' `LlamaForCausalLM`; the `gqa-export` console script.
+"""Convert between DecoderLM and transformers' `LlamaForCausalLM` / `Qwen3ForCausalLM`; `gqa-export`.
 
 Our block is HF Llama's (pre-RMSNorm, half-rotation RoPE, SwiGLU, no biases, query head j reading KV head
 j // (H // G) as `repeat_kv` does), so conversion only renames weights: no permutation, no rounding.
+A model with qk_norm is Qwen3's block (Llama's plus an RMSNorm over each head's q and k before RoPE, one
+d_head gain shared by the heads): it exports to `Qwen3ForCausalLM`, every other model to Llama.
 transformers is an optional dependency, imported inside the functions that need it.
 """
 
@@ -17,7 +19,7 @@ import torch
 from gqa_sweep.model import DecoderLM, ModelConfig
 
 if TYPE_CHECKING:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -28,6 +30,8 @@ _LAYER_NAMES = {
     "attn.k_proj": "self_attn.k_proj",
     "attn.v_proj": "self_attn.v_proj",
     "attn.o_proj": "self_attn.o_proj",
+    "attn.q_norm": "self_attn.q_norm",  # qk_norm models (Qwen3)
+    "attn.k_norm": "self_attn.k_norm",
     "mlp_norm": "post_attention_layernorm",
     "mlp.gate_proj": "mlp.gate_proj",
     "mlp.up_proj": "mlp.up_proj",
@@ -54,40 +58,42 @@ def hf_key(name: str) -> str:
     return f"model.layers.{i}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
 
 
-def hf_config(cfg: ModelConfig) -> LlamaConfig:
-    """The LlamaConfig of our model (block_size becomes max_position_embeddings)."""
+def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
+    """The HF config of our model: Qwen3Config with qk_norm, else LlamaConfig (block_size -> max_position_embeddings)."""
+    common = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.d_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "initializer_range": cfg.init_std,
+        "rms_norm_eps": cfg.norm_eps,  # Qwen3 uses it for q_norm / k_norm too, as we do
+        "rope_theta": cfg.rope_theta,  # transformers 5 moves it into rope_parameters itself
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        # Our models have no special tokens; Llama's defaults (bos=1, eos=2) would stop HF generate early.
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+    if cfg.qk_norm:  # Qwen3 has no MLP-bias switch (never biased) and, with use_sliding_window off, full attention
+        return _transformers().Qwen3Config(**common, use_sliding_window=False)
     if cfg.d_model % cfg.n_heads:
         # LlamaConfig rejects this even when head_dim is given.
         raise ValueError(
             f"HF Llama needs d_model divisible by n_heads (got d_model={cfg.d_model}, n_heads={cfg.n_heads}, "
             f"d_head={cfg.d_head}); only models with d_model % n_heads == 0 can be exported"
         )
-    return _transformers().LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ff,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
-        head_dim=cfg.d_head,
-        hidden_act="silu",
-        max_position_embeddings=cfg.block_size,
-        initializer_range=cfg.init_std,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,  # transformers 5 moves it into rope_parameters itself
-        tie_word_embeddings=cfg.tie_embeddings,
-        attention_bias=False,
-        mlp_bias=False,
-        attention_dropout=0.0,
-        # Our models have no special tokens; Llama's defaults (bos=1, eos=2) would stop HF generate early.
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
+    return _transformers().LlamaConfig(**common, mlp_bias=False)
 
 
-def to_hf(model: DecoderLM) -> LlamaForCausalLM:
-    """A `LlamaForCausalLM` (eval mode, same device and dtype) whose logits equal `model`'s."""
+def to_hf(model: DecoderLM) -> PreTrainedModel:
+    """A `LlamaForCausalLM` (`Qwen3ForCausalLM` with qk_norm; eval mode, same device and dtype), same logits."""
     transformers = _transformers()
     p = model.embed.weight
     # from_config builds under `dtype`, so HF's fp32 RoPE frequencies stay fp32 (a later .to() would cast them).
@@ -109,11 +115,14 @@ def _rope_theta(c) -> float:
     return float(params.get("rope_theta", getattr(c, "rope_theta", 10000.0)))
 
 
-def model_config_from_hf(c) -> ModelConfig:
-    """Our ModelConfig for an HF Llama config; ValueError naming what differs from our architecture."""
+def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
+    """Our ModelConfig for an HF Llama or Qwen3 config; ValueError naming what differs from our architecture."""
     problems = []
-    if getattr(c, "model_type", None) != "llama":
-        problems.append(f"model_type={getattr(c, 'model_type', None)!r} (only 'llama')")
+    model_type = getattr(c, "model_type", None)
+    if model_type not in ("llama", "qwen3"):
+        problems.append(f"model_type={model_type!r} (only 'llama', or 'qwen3' for qk_norm)")
+    if getattr(c, "use_sliding_window", False):
+        problems.append("use_sliding_window=True (our attention is full causal attention)")
     if getattr(c, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={c.hidden_act!r} (only 'silu', SwiGLU)")
     for flag in ("attention_bias", "mlp_bias"):
@@ -126,7 +135,8 @@ def model_config_from_hf(c) -> ModelConfig:
     except ValueError as e:
         problems.append(str(e))
     if problems:
-        raise ValueError("unsupported Llama config for DecoderLM: " + "; ".join(problems))
+        raise ValueError(f"unsupported {'Qwen3' if model_type == 'qwen3' else 'Llama'} config for DecoderLM: "
+                         + "; ".join(problems))
     return ModelConfig(
         vocab_size=c.vocab_size,
         block_size=c.max_position_embeddings,
@@ -140,13 +150,14 @@ def model_config_from_hf(c) -> ModelConfig:
         norm_eps=c.rms_norm_eps,
         tie_embeddings=bool(c.tie_word_embeddings),
         init_std=c.initializer_range,
+        qk_norm=model_type == "qwen3",
     )
 
 
-def from_hf(llama_model: LlamaForCausalLM) -> DecoderLM:
-    """A DecoderLM (eval mode, same device and dtype) with the weights of an HF `LlamaForCausalLM`."""
+def from_hf(llama_model: PreTrainedModel) -> DecoderLM:
+    """A DecoderLM (eval mode, same device and dtype) with the weights of an HF `Llama/Qwen3ForCausalLM`."""
     if not hasattr(llama_model, "lm_head") or not hasattr(llama_model, "config"):
-        raise ValueError(f"expected a transformers LlamaForCausalLM, got {type(llama_model).__name__}")
+        raise ValueError(f"expected a transformers LlamaForCausalLM or Qwen3ForCausalLM, got {type(llama_model).__name__}")
     cfg = model_config_from_hf(llama_model.config)
     state = llama_model.state_dict()
     p = llama_model.get_input_embeddings().weight
@@ -160,25 +171,25 @@ def from_hf(llama_model: LlamaForCausalLM) -> DecoderLM:
 
 
 def load_hf_dir(path: str | Path) -> DecoderLM:
-    """from_hf of a local HF Llama directory (config.json + weights); never touches the network."""
+    """from_hf of a local HF Llama or Qwen3 directory (config.json + weights); never touches the network."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} is not a Hugging Face model directory (no config.json)")
     transformers = _transformers()
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     model_config_from_hf(config)  # fail on an unsupported config before reading any weights
-    hf = transformers.LlamaForCausalLM.from_pretrained(path, config=config, local_files_only=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True)
     return from_hf(hf)
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`gqa-export CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama directory."""
+    """`gqa-export CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama (or Qwen3) directory."""
     from gqa_sweep.checkpoint import load_model
 
     parser = argparse.ArgumentParser(
         prog="gqa-export",
         description="Export a gqa-sweep checkpoint (model.pt or Lightning .ckpt) to a Hugging Face Llama "
-        "directory (config.json + model.safetensors) that LlamaForCausalLM.from_pretrained loads.",
+        "directory (Qwen3 for a qk_norm model; config.json + model.safetensors) that from_pretrained loads.",
     )
     parser.add_argument("checkpoint", help="model.pt or Lightning .ckpt of a gqa-sweep model")
     parser.add_argument("out_dir", help="directory to write config.json and model.safetensors into")
@@ -195,7 +206,7 @@ def export_main(argv: list[str] | None = None) -> int:
     hf.save_pretrained(args.out_dir, safe_serialization=True)
     cfg = model.cfg
     print(
-        f"wrote {Path(args.out_dir) / 'config.json'} and model.safetensors: LlamaForCausalLM, "
+        f"wrote {Path(args.out_dir) / 'config.json'} and model.safetensors: {type(hf).__name__}, "
         f"{model.num_params():,} params, H={cfg.n_heads} G={cfg.n_kv_heads}, {args.dtype}"
     )
     return 0

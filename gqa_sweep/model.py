@@ -39,6 +39,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     sdpa_backend: str = "auto"
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (OLMo-2, Qwen3): bounds attention logits
 
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
@@ -75,6 +76,8 @@ class ModelConfig:
             self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)  # any width exports: HF takes it as is
         if not isinstance(self.d_ff, int) or self.d_ff <= 0:
             raise ValueError(f"d_ff={self.d_ff!r} must be a positive integer (or None for ~8/3 d_model)")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm={self.qk_norm!r} must be true or false")
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
 
@@ -175,12 +178,18 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
+        if cfg.qk_norm:  # one gain vector of d_head shared by all heads, as Qwen3's q_norm / k_norm
+            self.q_norm = RMSNorm(D, cfg.norm_eps)
+            self.k_norm = RMSNorm(D, cfg.norm_eps)
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         B, T, _ = x.shape
         cfg = self.cfg
-        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.d_head).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.d_head)
+        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head)
+        if cfg.qk_norm:  # before RoPE: the rotation keeps the norm, so |q.k| <= |g_q| |g_k| after it too
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 

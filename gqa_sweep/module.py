@@ -35,6 +35,7 @@ class LMModule(L.LightningModule):
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
         grad_clip: float | None = 1.0,
+        z_loss: float = 0.0,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -45,13 +46,18 @@ class LMModule(L.LightningModule):
         self.last_grad_norm: torch.Tensor | None = None
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = self._forward(x)
-        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.view(-1))
+        return self.losses(x, y)[0]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and z-loss = mean over tokens of log(Z)^2, Z the output softmax's normaliser (PaLM)."""
+        logits, y = self._forward(x).float().view(-1, self.model.cfg.vocab_size), y.view(-1)
+        # Both over the same tokens: cross_entropy skips labels of -100 (its ignore_index), so does the z-loss.
+        return F.cross_entropy(logits, y), logits[y != -100].logsumexp(-1).pow(2).mean()
 
     def training_step(self, batch, batch_idx):
-        loss = self.loss(*batch)
-        self.last_loss = loss.detach()
-        return loss
+        ce, z = self.losses(*batch)
+        self.last_loss = ce.detach()  # the logged train loss stays comparable across z_loss settings
+        return ce + self.hparams.z_loss * z if self.hparams.z_loss else ce
 
     def validation_step(self, batch, batch_idx):
         loss = self.loss(*batch)

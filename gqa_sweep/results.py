@@ -77,6 +77,9 @@ RUN_COLUMNS: dict[str, str] = {
     # What the per-run decode measured: sequences per step and tokens cached at the last step.
     "decode_batch": "INTEGER",
     "decode_context": "INTEGER",
+    # Stability mitigations (experiment=stability).
+    "qk_norm": "INTEGER",
+    "z_loss": "REAL",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

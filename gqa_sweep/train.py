@@ -87,6 +87,10 @@ def run_id_of(cfg: dict) -> str:
 def run_name(cfg: dict) -> str:
     m = cfg["model"]
     name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
+    if m.get("qk_norm"):
+        name += "-qknorm"
+    if cfg["optim"].get("z_loss"):
+        name += f"-z{cfg['optim']['z_loss']:g}"
     if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
         name += f"-{cfg['init']['method']}"
     if cfg["init"].get("alpha") is not None:
@@ -123,6 +127,9 @@ def validate(cfg: DictConfig) -> None:
     lr = cfg.optim.lr
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
+    z = cfg.optim.get("z_loss", 0.0)
+    if not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
+        raise ConfigError(f"optim.z_loss={z} must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4")
     if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
     validate_decode(cfg)
@@ -353,6 +360,8 @@ def run(cfg: DictConfig) -> dict:
         "tokenizer": dm.tokenizer_label,
         "precision": str(cfg.trainer.precision),
         "sdpa_backend": cfg.model.sdpa_backend,
+        "qk_norm": bool(cfg.model.qk_norm),
+        "z_loss": float(cfg.optim.z_loss),
         "init": "scratch" if cfg.init.method == "scratch" else f"mha_{cfg.init.method}",
         "alpha": cfg.init.alpha,
         "parent_run_id": parent_id,

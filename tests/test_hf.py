@@ -1,4 +1,4 @@
-"""HF Llama parity: to_hf / from_hf / load_hf_dir and the gqa-export CLI at every KV-head count."""
+"""HF parity: to_hf / from_hf / load_hf_dir and the gqa-export CLI at every KV-head count (Llama; Qwen3 for qk_norm)."""
 
 from __future__ import annotations
 
@@ -246,9 +246,9 @@ def test_from_hf_lists_every_problem_and_rejects_other_architectures() -> None:
         "attention_bias=True (our model has no biases)"
     )
     mistral = transformers.MistralConfig(hidden_size=64, num_attention_heads=8, num_key_value_heads=2)
-    with pytest.raises(ValueError, match=r"model_type='mistral' \(only 'llama'\)"):
+    with pytest.raises(ValueError, match=r"model_type='mistral' \(only 'llama', or 'qwen3' for qk_norm\)"):
         model_config_from_hf(mistral)
-    with pytest.raises(ValueError, match="^expected a transformers LlamaForCausalLM, got LlamaModel$"):
+    with pytest.raises(ValueError, match="^expected a transformers LlamaForCausalLM or Qwen3ForCausalLM, got LlamaModel$"):
         from_hf(transformers.LlamaModel(llama_config()))
 
 
@@ -264,3 +264,60 @@ def test_missing_transformers_names_the_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(ImportError, match="pip install transformers"):
         to_hf(tiny(8, 2, 64))
+
+
+# --- qk_norm models: Qwen3 (per-head q_norm / k_norm before RoPE) --------------------------------------------
+
+
+@pytest.mark.parametrize("tie", [False, True])
+@pytest.mark.parametrize("H,G,d_model", SHAPES)
+def test_qk_norm_exports_to_qwen3_with_equal_logits(H: int, G: int, d_model: int, tie: bool) -> None:
+    model = tiny(H, G, d_model, tie, qk_norm=True)
+    hf = to_hf(model)
+    assert type(hf).__name__ == "Qwen3ForCausalLM"
+    c = hf.config
+    assert (c.model_type, c.num_attention_heads, c.num_key_value_heads, c.head_dim) == ("qwen3", H, G, d_model // H)
+    assert (c.attention_bias, c.use_sliding_window, c.sliding_window, c.rms_norm_eps) == (False, False, None, 1e-6)
+    assert c.layer_types == ["full_attention"] * 2
+    assert c.rope_parameters == {"rope_type": "default", "rope_theta": 500.0}
+    attn = hf.model.layers[1].self_attn
+    assert attn.q_norm.weight.shape == attn.k_norm.weight.shape == (d_model // H,)  # one gain per head dim
+    assert torch.equal(attn.k_norm.weight, model.layers[1].attn.k_norm.weight)
+    assert_same_logits(model, hf)
+
+
+@pytest.mark.parametrize("H,G,d_model", [(8, 1, 64), (12, 3, 48)])
+def test_qk_norm_round_trips_through_qwen3_exactly(H: int, G: int, d_model: int) -> None:
+    model = tiny(H, G, d_model, qk_norm=True)
+    back = from_hf(to_hf(model))
+    assert back.cfg == model.cfg and back.cfg.qk_norm
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
+    prompt = tokens(2, 5)
+    assert torch.equal(model.generate(prompt, 12), to_hf(model).generate(prompt, max_new_tokens=12, do_sample=False))
+
+
+def test_qk_norm_export_main_writes_a_qwen3_dir(tmp_path: Path, capsys) -> None:
+    model = tiny(8, 2, 64, tie=True, qk_norm=True)
+    assert export_main([str(save_model(model, tmp_path / "model.pt")), str(tmp_path / "hf")]) == 0
+    assert "Qwen3ForCausalLM" in capsys.readouterr().out
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("qwen3", ["Qwen3ForCausalLM"])
+    assert_same_logits(model, transformers.Qwen3ForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True))
+    back = load_hf_dir(tmp_path / "hf")
+    assert back.cfg == model.cfg
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
+
+
+def test_plain_model_still_exports_to_llama() -> None:
+    hf = to_hf(tiny(8, 2, 64))
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert not hasattr(hf.model.layers[0].self_attn, "q_norm")
+
+
+def test_from_hf_rejects_qwen3_sliding_window() -> None:
+    qwen = transformers.Qwen3Config(
+        vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=8,
+        num_key_value_heads=2, head_dim=8, use_sliding_window=True, sliding_window=16,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"^unsupported Qwen3 config for DecoderLM: use_sliding_window=True"):
+        model_config_from_hf(qwen)

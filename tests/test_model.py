@@ -64,8 +64,10 @@ def ref_attention(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = attn.cfg
     B, T, _ = x.shape
     Hq, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
-    q = ref_rope((x @ attn.q_proj.weight.T).view(B, T, Hq, D).transpose(1, 2), cfg.rope_theta)
-    k = ref_rope((x @ attn.k_proj.weight.T).view(B, T, G, D).transpose(1, 2), cfg.rope_theta)
+    q, k = (x @ attn.q_proj.weight.T).view(B, T, Hq, D), (x @ attn.k_proj.weight.T).view(B, T, G, D)
+    if cfg.qk_norm:  # RMSNorm over each head's d_head, before RoPE
+        q, k = ref_rms(q, attn.q_norm.weight, cfg.norm_eps), ref_rms(k, attn.k_norm.weight, cfg.norm_eps)
+    q, k = ref_rope(q.transpose(1, 2), cfg.rope_theta), ref_rope(k.transpose(1, 2), cfg.rope_theta)
     v = (x @ attn.v_proj.weight.T).view(B, T, G, D).transpose(1, 2)
     k, v = k.repeat_interleave(Hq // G, dim=1), v.repeat_interleave(Hq // G, dim=1)  # head j -> KV head j // (H/G)
     scores = q @ k.transpose(-1, -2) / math.sqrt(D)
@@ -138,6 +140,62 @@ def test_query_head_reads_kv_head_of_its_contiguous_group() -> None:
         heads = attn(x, model.rope_cos[:6], model.rope_sin[:6]).view(1, 6, H, D)
     assert heads[:, :, : H // 2].abs().amin(dim=-1).gt(0).all()
     assert torch.equal(heads[:, :, H // 2 :], torch.zeros_like(heads[:, :, H // 2 :]))
+
+
+# --- qk_norm: per-head RMSNorm of q and k before RoPE (OLMo-2, Qwen3) -------------------------------------
+
+
+@pytest.mark.parametrize("G", GROUPS)
+def test_qk_norm_forward_grads_and_max_logit_match_reference(G: int) -> None:
+    model = tiny(G, std=0.1, qk_norm=True).train()
+    idx = tokens(2, 24)
+    weight = torch.randn(2, 24, V, generator=torch.Generator().manual_seed(1))
+    params = [p for _, p in model.named_parameters()]
+    ours = model(idx)
+    ref, ref_logit = ref_forward(model, idx)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    ours_grads = torch.autograd.grad((ours * weight).sum(), params)
+    ref_grads = torch.autograd.grad((ref * weight).sum(), params)
+    for (name, _), a, b in zip(model.named_parameters(), ours_grads, ref_grads):
+        assert_close_to_scale(a, b, what=f"grad of {name}")
+    assert model.max_attn_logit(idx) == pytest.approx(ref_logit.item(), rel=1e-5)
+
+
+def test_qk_norm_has_one_d_head_gain_per_layer_for_q_and_k() -> None:
+    plain, normed = tiny(2), tiny(2, qk_norm=True)
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {f"layers.{i}.attn.{n}_norm.weight" for i in range(2) for n in "qk"}
+    assert normed.layers[0].attn.q_norm.weight.shape == (normed.cfg.d_head,)
+    assert DecoderLM(normed.cfg).layers[1].attn.k_norm.weight.eq(1).all()  # initialised as gains of 1
+
+
+@pytest.mark.parametrize("G", [1, 8])
+def test_qk_norm_bounds_attention_logits_that_grow_without_it(G: int) -> None:
+    # Scaling W_q and W_k by 10 scales a plain layer's logits by 100; normalised q and k do not see it, and
+    # |q.k|/sqrt(D) <= sqrt(D) * max|g_q| * max|g_k| by Cauchy-Schwarz (RoPE keeps norms).
+    for qk_norm in (False, True):
+        model = tiny(G, qk_norm=qk_norm)
+        attn, D = model.layers[0].attn, model.cfg.d_head
+        x = model.layers[0].attn_norm(model.embed(tokens(2, 30)))
+        before = attn.max_logit(x, model.rope_cos[:30], model.rope_sin[:30]).item()
+        with torch.no_grad():
+            attn.q_proj.weight.mul_(10)
+            attn.k_proj.weight.mul_(10)
+        after = attn.max_logit(x, model.rope_cos[:30], model.rope_sin[:30]).item()
+        if qk_norm:
+            bound = math.sqrt(D) * attn.q_norm.weight.abs().max().item() * attn.k_norm.weight.abs().max().item()
+            assert after == pytest.approx(before, rel=1e-3) and after <= bound
+        else:
+            assert after == pytest.approx(100 * before, rel=1e-4)
+
+
+@pytest.mark.parametrize("G", [1, 2, 8])
+def test_qk_norm_cached_greedy_equals_uncached(G: int) -> None:
+    model = tiny(G, qk_norm=True)
+    prompt = tokens(2, 8)
+    cached = model.generate(prompt, 40, use_cache=True)
+    assert torch.equal(cached, model.generate(prompt, 40, use_cache=False))
+    assert cached[:, 8:].unique().numel() > 5
 
 
 # --- KV cache -------------------------------------------------------------------------------------------
@@ -371,6 +429,7 @@ def cfg(**kw) -> ModelConfig:
             dict(d_model=48, n_heads=12, n_kv_heads=5),
             "n_heads=12 is not divisible by n_kv_heads=5; choose n_kv_heads from 1, 2, 3, 4, 6, 12",
         ),
+        (dict(qk_norm="yes"), "qk_norm='yes' must be true or false"),
         (
             dict(n_kv_heads=16),
             "n_kv_heads=16 is larger than n_heads=8; choose n_kv_heads from 1, 2, 4, 8 (G=1 is MQA, G=8 is MHA)",

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from gqa_sweep.report.load import prepare
+from gqa_sweep.report.stability import stability_plots
 from gqa_sweep.report.tables import is_conversion
 
 
@@ -132,7 +133,7 @@ def make_plots(table: pd.DataFrame, runs: pd.DataFrame, history: pd.DataFrame | 
     }
     if history is not None and not history.empty:
         figs["loss_curves"] = plot_loss_curves(runs, history)
-    return figs
+    return figs | stability_plots(runs, history)
 
 
 def write_plots(figs: dict[str, Figure], out_dir: Path) -> list[Path]:

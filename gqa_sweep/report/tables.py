@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gqa_sweep.report import stability
 from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
 
 
@@ -23,6 +24,7 @@ TITLES = {
     "ablation": "GQA ablation: quality, stability, speed and KV-cache size vs G",
     "lr_sensitivity": "Learning-rate sensitivity per G",
     "conversion": "MHA → GQA conversion: val ppl by method × uptraining fraction α",
+    **stability.TITLES,
 }
 NOTES = {
     "ablation": (
@@ -43,6 +45,7 @@ NOTES = {
         "(α = — : no α recorded, e.g. a from-scratch run of the full budget). MHA parent: mean val ppl of "
         "the parent runs the checkpoints were converted from."
     ),
+    **stability.NOTES,
 }
 
 
@@ -198,10 +201,12 @@ def conversion_table(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -
 
 def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every table the runs support, name -> raw numeric DataFrame (only non-empty ones)."""
+    plain = stability.baseline_runs(runs)  # G alone: runs with qk_norm / z_loss get the stability tables
     tables = {
-        "ablation": ablation_table(runs),
-        "lr_sensitivity": lr_sensitivity_table(runs),
+        "ablation": ablation_table(plain),
+        "lr_sensitivity": lr_sensitivity_table(plain),
         "conversion": conversion_table(runs, all_runs),
+        **stability.stability_tables(runs),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -286,6 +291,7 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "ablation": display_ablation,
     "lr_sensitivity": display_lr_sensitivity,
     "conversion": display_conversion,
+    **stability.DISPLAY,
 }
 
 
