@@ -1,9 +1,23 @@
-"""Model shape and its checks, torch-free: the CLI validates a config before it imports torch."""
+"""A run's config and every check on it, torch-free: bad input fails before torch and Lightning load.
+
+ModelConfig (the model's shape), the run's identity (run_id_of, run_name) and `validate`, which
+raises ConfigError naming the fix.
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydra.errors import CompactHydraException
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from gqa_sweep.results import ResultsStore, StoreError
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
@@ -76,3 +90,108 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
+IDENTITY_EXCLUDE = (
+    "results_dir",
+    "force",
+    "logger",
+    "data.cache_dir",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.num_threads",
+    "progress",
+    "preview",
+)
+INIT_METHODS = ("scratch", "mean", "first", "random")
+
+
+class ConfigError(CompactHydraException, ValueError):
+    """Bad input, reported in one line before any training (Hydra prints compact errors as-is)."""
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The run's resolved config as plain data, without Hydra's own node."""
+    d = OmegaConf.to_container(cfg, resolve=False)
+    d.pop("hydra", None)  # resolving it needs a running Hydra job; it is not part of the run anyway
+    return OmegaConf.to_container(OmegaConf.create(d), resolve=True)
+
+
+def run_id_of(cfg: dict) -> str:
+    """A hash of the resolved config minus output/logging keys: the same experiment, the same id."""
+    ident = copy.deepcopy(cfg)
+    for key in IDENTITY_EXCLUDE:
+        *parents, leaf = key.split(".")
+        node = ident
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_name(cfg: dict) -> str:
+    m = cfg["model"]
+    name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
+    if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
+        name += f"-{cfg['init']['method']}"
+    if cfg["init"].get("alpha") is not None:
+        name += f"-a{cfg['init']['alpha']}"
+    return name
+
+
+def model_config(cfg: dict, vocab_size: int) -> dict:
+    m = {k: v for k, v in cfg["model"].items() if k != "name"}
+    return {**m, "vocab_size": vocab_size}
+
+
+def max_steps_of(cfg: dict) -> int:
+    """Steps to train; an uptraining run (init.alpha set) derives them from the parent's S steps."""
+    init, steps = cfg["init"], cfg["trainer"]["max_steps"]
+    if init.get("alpha") is None:
+        return steps
+    S, alpha = init["parent_steps"], init["alpha"]
+    return round((1 + alpha) * S) if init["method"] == "scratch" else round(alpha * S)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no data: raise ConfigError naming the fix."""
+    m = cfg.model
+    if str(m.n_kv_heads) == "all":
+        raise ConfigError(
+            f"model.n_kv_heads=all expands to a sweep over {', '.join(map(str, divisors(int(m.n_heads))))}; "
+            "run it with -m (gqa-sweep -m model.n_kv_heads=all)"
+        )
+    try:
+        ModelConfig(**model_config(resolved(cfg), vocab_size=256))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from None
+    lr = cfg.optim.lr
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
+    if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
+    init = cfg.init
+    if init.method not in INIT_METHODS:
+        raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
+    if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:
+        raise ConfigError(f"init.method={init.method} needs init.checkpoint=PATH or init.parent_steps=S")
+    if init.checkpoint is not None and init.method == "scratch":
+        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
+    if init.checkpoint is not None and not Path(to_absolute_path(init.checkpoint)).exists():
+        raise ConfigError(f"init.checkpoint={init.checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
+    if init.alpha is not None and (not init.parent_steps or init.alpha < 0):
+        raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
+    if cfg.get("progress", "auto") not in ("auto", "bar", "lines"):
+        raise ConfigError(f"progress={cfg.progress!r}; choose progress=auto, progress=bar or progress=lines")
+    if cfg.logger.kind not in ("none", "csv", "wandb"):
+        raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
+    try:
+        ResultsStore(results_dir(cfg)).check_writable()
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+
+
+def results_dir(cfg: DictConfig) -> Path:
+    return Path(to_absolute_path(str(cfg.results_dir)))

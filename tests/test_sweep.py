@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 from gqa_sweep.results import load_history, load_runs
-from tests.conftest import TINY, gqa_sweep, sweep_env
+from tests.conftest import GQA_SWEEP, TINY, gqa_sweep, sweep_env
 
 METRIC_COLUMNS = [
     "n_params", "tokens_seen", "val_loss", "val_ppl", "grad_norm_max", "loss_spikes", "max_attn_logit",
@@ -77,8 +76,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 def test_sigkill_mid_sweep_then_rerun_completes_each_run_once(tmp_path: Path) -> None:
     results = tmp_path / "results"
     steps = ["trainer.max_steps=400", "trainer.ckpt_every_n_steps=5"]
-    exe = Path(sys.executable).with_name("gqa-sweep")
-    args = [str(exe), "-m", *TINY, *steps, f"results_dir={results}", "model.n_kv_heads=1,2,4"]
+    args = [*GQA_SWEEP, "-m", *TINY, *steps, f"results_dir={results}", "model.n_kv_heads=1,2,4"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=sweep_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
