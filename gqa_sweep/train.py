@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gqa_sweep.callbacks import RunMetrics, StepProgress
 from gqa_sweep.checkpoint import load_model, save_model
+from gqa_sweep.data.tokenizers import hf_tokenizer
 from gqa_sweep.config import (
     ConfigError,
     max_steps_of,
@@ -239,6 +240,7 @@ def run(cfg: DictConfig) -> dict:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    hf_tokenizer(dm.tokenizer).save(str(run_dir / "tokenizer.json"))  # gqa-export ships it with the model
     ckpt = run_dir / "last.ckpt"
     metrics = RunMetrics(
         tokens_per_step=B * T,
