@@ -117,7 +117,7 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
     def fmt(value: Any, spec: str) -> str:
         return "—" if value is None or pd.isna(value) else format(value, spec)
 
-    lines = []
+    lines, unmeasured = [], "not measured"
     dirs = list(dict.fromkeys(j["results_dir"] for j in jobs))
     for rdir in dirs:
         runs = load_runs(rdir).set_index("run_id")
@@ -130,7 +130,8 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
                     "run_id": j["run_id"],
                     "status": "missing" if r is None else r.status,
                     "val ppl": fmt(get("val_ppl"), ".3f"),
-                    "train tok/s": fmt(get("train_tokens_per_s"), ",.0f"),
+                    "train tok/s": unmeasured if r is not None and r.status == "completed"
+                    and pd.isna(r.train_tokens_per_s) else fmt(get("train_tokens_per_s"), ",.0f"),
                     "decode tok/s": fmt(get("decode_tokens_per_s"), ",.0f"),
                     "KV bytes/token": fmt(get("kv_bytes_per_token"), ",.0f"),
                     "params": fmt(get("n_params"), ",.0f"),
@@ -139,6 +140,9 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
             )
     print(f"\n== sweep summary: {len(lines)} runs, store: {', '.join(dirs)} ==")
     print(pd.DataFrame(lines).to_markdown(index=False, stralign="right", disable_numparse=True))
+    if any(line["train tok/s"] == unmeasured for line in lines):
+        print("train tok/s not measured: the run ended before its first timed window "
+              "(metrics.throughput_warmup steps, then windows of 10 steps)")
 
 
 def exit_with(error: ConfigError) -> None:

@@ -99,11 +99,15 @@ def test_progress_lines_and_short_run_numbers(tmp_path: Path) -> None:
 
 
 def test_no_bar_off_a_terminal(tmp_path: Path) -> None:
-    proc = gqa_sweep(*TINY, f"results_dir={tmp_path / 'results'}", "trainer.max_steps=4", cwd=tmp_path)
+    proc = gqa_sweep("-m", *TINY, f"results_dir={tmp_path / 'results'}", "model.n_kv_heads=2", "trainer.max_steps=4",
+                     cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
-    assert "run: H8-G2-s0" in out and "step/s" not in out and "it/s" not in out
+    assert "run 1/1: H8-G2-s0" in out and "step/s" not in out and "it/s" not in out
     assert "train tok/s not measured (run shorter than metrics.throughput_warmup + one window)" in out
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| H8-G2-s0"))
+    assert row.split("|")[5].strip() == "not measured"  # the train tok/s cell
+    assert "train tok/s not measured: the run ended before its first timed window" in proc.stdout
 
 
 def test_rows_carry_run_name_and_throughput_spread(tiny_sweep: Path) -> None:
