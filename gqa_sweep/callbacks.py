@@ -9,7 +9,7 @@ import time
 import lightning as L
 import torch
 
-from gqa_sweep.metrics import count_spikes
+from gqa_sweep.metrics import count_spikes, percentiles
 
 
 class RunMetrics(L.Callback):
@@ -43,6 +43,7 @@ class RunMetrics(L.Callback):
         self._timed_s = 0.0
         self._window_t0: float | None = None
         self._window_steps = 0
+        self._window_tok_s: list[float] = []  # one value per timed window: its spread shows noisy throughput
 
     # -- state for resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -101,6 +102,7 @@ class RunMetrics(L.Callback):
             self._timed_tokens += tokens
             self._timed_s += dt
             tok_s = tokens / dt
+            self._window_tok_s.append(tok_s)
         if steps[-1] >= self.throughput_warmup:
             self._window_t0 = now
         losses = torch.stack([p[1].float() for p in self._pending]).tolist()
@@ -124,7 +126,8 @@ class RunMetrics(L.Callback):
         logits = [h["max_attn_logit"] for h in self.history if h["max_attn_logit"] is not None]
         finite_norms = [n for n in norms if math.isfinite(n)]
         tail = [x for x in losses[-self.flush_every :] if math.isfinite(x)]
-        loss_spikes = count_spikes(losses, self.spike_window, self.spike_k)
+        loss_spikes = count_spikes(losses, self.spike_window, self.spike_k)  # NaN: never a full window
+        p10, p90 = percentiles(self._window_tok_s, (10, 90))
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:  # CPU: the process's peak resident set (Linux reports KiB), an upper bound
@@ -140,6 +143,43 @@ class RunMetrics(L.Callback):
             "train_tokens_per_s": (
                 self._timed_tokens / self._timed_s if self._timed_s > 0 else math.nan
             ),
+            "train_tokens_per_s_p10": p10,
+            "train_tokens_per_s_p90": p90,
             "peak_mem_bytes": int(peak),
             "resumed_from_step": getattr(self, "resumed_from_step", 0) or None,
         }
+
+
+class StepProgress(L.Callback):
+    """A step bar for one run on a terminal: steps done / max_steps, loss and train tokens/s.
+
+    Lightning's own bar counts epochs and batches of an endless sampler (`Epoch 0/-2`); this one counts
+    optimizer steps. Off a terminal (CI, logs, parallel jobs) nothing is drawn: the run's one summary
+    line is the record.
+    """
+
+    def __init__(self, name: str, max_steps: int, tokens_per_step: int, refresh_s: float = 0.2) -> None:
+        self.name, self.max_steps, self.tokens_per_step, self.refresh_s = name, max_steps, tokens_per_step, refresh_s
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # one bar per run, not one per DDP process
+            return
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.max_steps, initial=trainer.global_step, desc=self.name, unit="step",
+                        dynamic_ncols=True, leave=True, mininterval=self.refresh_s)
+        self._last = (trainer.global_step, time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, now = trainer.global_step, time.perf_counter()
+        if self.bar is None or now - self._last[1] < self.refresh_s and step < self.max_steps:
+            return
+        tok_s = (step - self._last[0]) * self.tokens_per_step * trainer.world_size / max(now - self._last[1], 1e-9)
+        self.bar.set_postfix_str(f"loss {pl_module.last_loss.item():.3f}, {tok_s:,.0f} tok/s", refresh=False)
+        self.bar.update(step - self.bar.n)
+        self._last = (step, now)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()

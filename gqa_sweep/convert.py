@@ -25,7 +25,7 @@ from gqa_sweep.checkpoint import CheckpointError, load_model, save_model
 from gqa_sweep.model import DecoderLM, divisors
 
 METHODS = ("mean", "first", "random")
-KV_BYTES = 2  # KV cache element size reported by the CLI: bf16/fp16, as served
+SERVED_KV_DTYPE = "bf16/fp16"  # the KV size reported when the run's precision is unknown: 2 bytes, as served
 
 
 def check_method(method: str) -> None:
@@ -126,12 +126,27 @@ def convert_checkpoint(path: str | Path, groups: int, method: str, out: str | Pa
     return convert_file(path, groups, method, out, seed)[0]
 
 
-def summary(src: DecoderLM, new: DecoderLM, method: str, out: Path) -> str:
+def run_kv_dtype(checkpoint: str | Path) -> tuple[str, int]:
+    """The KV dtype the sweep's table uses for this checkpoint's run (its config.yaml's trainer.precision:
+    bf16 / fp16 under mixed precision, else fp32) and its bytes; bf16/fp16 (2 bytes) when there is no run
+    config beside the checkpoint."""
+    from omegaconf import OmegaConf
+
+    run_cfg = Path(checkpoint).parent / "config.yaml"
+    precision = OmegaConf.select(OmegaConf.load(run_cfg), "trainer.precision") if run_cfg.is_file() else None
+    if precision is None:
+        return SERVED_KV_DTYPE, 2
+    p = str(precision)
+    return ("bf16", 2) if p.startswith("bf16") else ("fp16", 2) if p.startswith("16") else ("fp32", 4)
+
+
+def summary(src: DecoderLM, new: DecoderLM, method: str, out: Path, kv_dtype: tuple[str, int]) -> str:
     c0, c1 = src.cfg, new.cfg
+    name, nbytes = kv_dtype
     return (
         f"H={c0.n_heads}, G {c0.n_kv_heads} -> {c1.n_kv_heads} ({method}): "
         f"params {src.num_params():,} -> {new.num_params():,}, "
-        f"KV bytes/token (16-bit) {c0.kv_bytes_per_token(KV_BYTES):,} -> {c1.kv_bytes_per_token(KV_BYTES):,}; "
+        f"KV bytes/token ({name}) {c0.kv_bytes_per_token(nbytes):,} -> {c1.kv_bytes_per_token(nbytes):,}; "
         f"wrote {out}"
     )
 
@@ -153,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # CheckpointError included: every bad input is a usage error
         print(f"gqa-convert: error: {e}", file=sys.stderr)
         return 2
-    print(summary(src, new, args.method, out))
+    print(summary(src, new, args.method, out, run_kv_dtype(args.checkpoint)))
     return 0
 
 

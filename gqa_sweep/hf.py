@@ -10,6 +10,7 @@ transformers is an optional dependency, imported inside the functions that need 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -202,11 +203,26 @@ def export_main(argv: list[str] | None = None) -> int:
         # One line on stderr: load_state_dict errors span many lines.
         print(f"gqa-export: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    _transformers().utils.logging.disable_progress_bar()  # keep the CLI's output to its one summary line
-    hf.save_pretrained(args.out_dir, safe_serialization=True)
+    transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its one summary line
+    out = Path(args.out_dir)
+    hf.save_pretrained(out, safe_serialization=True)
+    run_tokenizer = Path(args.checkpoint).parent / "tokenizer.json"  # written by each run next to model.pt
+    if run_tokenizer.is_file():
+        transformers.PreTrainedTokenizerFast(
+            tokenizer_file=str(run_tokenizer), clean_up_tokenization_spaces=False  # our decode is exact
+        ).save_pretrained(out)
+        tokenizer_note = "tokenizer.json"
+    else:
+        tokenizer_note = f"no tokenizer (none at {run_tokenizer})"
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():  # safetensors writes owner-only files: a shared model dir must be readable
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
     cfg = model.cfg
     print(
-        f"wrote {Path(args.out_dir) / 'config.json'} and model.safetensors: {type(hf).__name__}, "
+        f"wrote {out / 'config.json'}, model.safetensors and {tokenizer_note}: {type(hf).__name__}, "
         f"{model.num_params():,} params, H={cfg.n_heads} G={cfg.n_kv_heads}, {args.dtype}"
     )
     return 0

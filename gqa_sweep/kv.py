@@ -268,8 +268,14 @@ def _resolve_weights(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     return shape.weight_bytes(args.dtype)
 
 
-def _gb(nbytes: float) -> str:
-    return f"{nbytes / 1e9:.2f} GB"
+def human_bytes(nbytes: float, binary: bool = False) -> str:
+    """A byte count in the largest unit it reaches (512 B, 1.05 MB, 34.36 GB; binary: 32.00 GiB), so a
+    small model's cache is not printed as 0.00 GB."""
+    base, units = (1024, ("B", "KiB", "MiB", "GiB", "TiB")) if binary else (1000, ("B", "KB", "MB", "GB", "TB"))
+    power = 0
+    while power < len(units) - 1 and abs(nbytes) >= base ** (power + 1):
+        power += 1
+    return f"{nbytes:,.0f} B" if power == 0 else f"{nbytes / base**power:.2f} {units[power]}"
 
 
 def _display(df: pd.DataFrame, memory_bytes: int | None) -> pd.DataFrame:
@@ -279,12 +285,12 @@ def _display(df: pd.DataFrame, memory_bytes: int | None) -> pd.DataFrame:
         "H/G": df["group_size"],
         "kind": df["kind"],
         "bytes/token": [f"{b:,}" for b in df["bytes_per_token"]],
-        "KV GB": [f"{x:.2f}" for x in df["kv_GB"]],
-        "KV GiB": [f"{x:.2f}" for x in df["kv_GiB"]],
+        "KV cache": [human_bytes(x) for x in df["kv_bytes"]],
+        "KV cache (2^10)": [human_bytes(x, binary=True) for x in df["kv_bytes"]],
         "saved vs MHA": [f"{x:.2f}%" for x in df["saved_pct"]],
     })
     if memory_bytes is not None:
-        out[f"max batch in {memory_bytes / 1e9:.2f} GB"] = df["max_batch"]
+        out[f"max batch in {human_bytes(memory_bytes)}"] = df["max_batch"]
     return out
 
 
@@ -296,10 +302,10 @@ def _header(shape: Preset, args: argparse.Namespace) -> str:
 
 
 def _memory_notes(df: pd.DataFrame, memory_bytes: int, weights_bytes: int, seq: int) -> list[str]:
-    notes = [f"max batch: largest batch at seq {seq} whose KV cache + weights ({_gb(weights_bytes)}) "
-             f"fit in {_gb(memory_bytes)}"]
+    notes = [f"max batch: largest batch at seq {seq} whose KV cache + weights ({human_bytes(weights_bytes)}) "
+             f"fit in {human_bytes(memory_bytes)}"]
     if weights_bytes >= memory_bytes:
-        notes.append(f"note: the weights alone ({_gb(weights_bytes)}) do not fit in {_gb(memory_bytes)}: "
+        notes.append(f"note: the weights alone ({human_bytes(weights_bytes)}) do not fit in {human_bytes(memory_bytes)}: "
                      f"max batch is 0 for every G; raise --memory, or use a smaller --dtype or --weights-bytes")
     elif (df["max_batch"] == 0).any():
         notes.append("note: max batch 0 means not even one sequence fits next to the weights")

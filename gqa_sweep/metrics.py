@@ -67,8 +67,14 @@ def flops_per_token(model: DecoderLM, seq_len: int) -> float:
     return 6 * model.num_params(non_embedding=True) + 12 * cfg.n_layers * cfg.n_heads * cfg.d_head * seq_len
 
 
-def count_spikes(values: list[float], window: int, k: float) -> int:
-    """Steps whose value exceeds the mean of the previous `window` steps by more than k standard deviations."""
+def count_spikes(values: list[float], window: int, k: float) -> float:
+    """Steps whose value exceeds the mean of the previous `window` steps by more than k standard deviations.
+
+    NaN ("not measured") when the series never fills one window: 0 would claim a run shorter than the
+    window had no spike.
+    """
+    if len(values) <= window:
+        return math.nan
     spikes = 0
     for i in range(window, len(values)):
         prev = values[i - window : i]
@@ -78,6 +84,20 @@ def count_spikes(values: list[float], window: int, k: float) -> int:
         if sd > 0 and values[i] > mu + k * sd:
             spikes += 1
     return spikes
+
+
+def percentiles(values: list[float], qs: tuple[float, ...]) -> tuple[float, ...]:
+    """Linear-interpolated percentiles (numpy's default) of `values`; NaN for each when there are none."""
+    xs = sorted(v for v in values if math.isfinite(v))
+    if not xs:
+        return tuple(math.nan for _ in qs)
+    out = []
+    for q in qs:
+        pos = (len(xs) - 1) * q / 100
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        out.append(xs[lo] + (xs[hi] - xs[lo]) * (pos - lo))
+    return tuple(out)
 
 
 def _sync(device: torch.device) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas loads lazily: the CLI checks the store before heavy imports
+    import pandas as pd
 
 DB_NAME = "runs.sqlite"
 STATUSES = ("completed", "diverged", "failed")
@@ -80,6 +82,11 @@ RUN_COLUMNS: dict[str, str] = {
     # Stability mitigations (experiment=stability).
     "qk_norm": "INTEGER",
     "z_loss": "REAL",
+    # What a user reads: the run's name (H8-G2-s0, as in logs and wandb) and the spread of the
+    # train tokens/s windows, so a noisy throughput number is visible next to its median.
+    "run_name": "TEXT",
+    "train_tokens_per_s_p10": "REAL",
+    "train_tokens_per_s_p90": "REAL",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 
@@ -115,18 +122,22 @@ class ResultsStore:
         self.path = db_path(self.dir)
 
     def check_writable(self) -> None:
-        """Fail early, before any training, if the store cannot be created or written."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / f".write-probe-{id(self)}"
-            probe.write_text("ok")
-            probe.unlink()
-            self._init()
-        except (OSError, sqlite3.Error) as e:
-            raise StoreError(
-                f"results_dir={str(self.dir)!r} is not writable ({e.__class__.__name__}: {e}); "
-                "pass a writable directory, e.g. results_dir=$HOME/gqa-results"
-            ) from e
+        """Fail early, before any training, if the store could not be created or written; creates nothing."""
+        existing = self.dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            why = f"{existing} is not a directory"
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            why = f"no write permission on {existing}"
+        elif self.path.exists() and not os.access(self.path, os.W_OK):
+            why = f"no write permission on {self.path}"
+        else:
+            return
+        raise StoreError(
+            f"results_dir={str(self.dir)!r} is not writable ({why}); "
+            "pass a writable directory, e.g. results_dir=$HOME/gqa-results"
+        )
 
     def _init(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +195,8 @@ class ResultsStore:
 
 def load_runs(results_dir: str | Path, sweep: str | None = None) -> pd.DataFrame:
     """All runs in the store, one row each, with every column of RUN_COLUMNS (NaN where not measured)."""
+    import pandas as pd
+
     path = db_path(results_dir)
     if not path.exists():
         return pd.DataFrame(columns=list(RUN_COLUMNS))
@@ -198,6 +211,8 @@ def load_runs(results_dir: str | Path, sweep: str | None = None) -> pd.DataFrame
 
 def load_history(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-step training history (step, loss, grad_norm, lr, tokens_per_s, max_attn_logit) of runs."""
+    import pandas as pd
+
     path = db_path(results_dir)
     if not path.exists():
         return pd.DataFrame(columns=["run_id", *HISTORY_COLUMNS])

@@ -1,19 +1,32 @@
-"""Sweep-level steps run by the `gqa` Hydra sweeper before and after its jobs."""
+"""Sweep-level steps run by the `gqa` Hydra sweeper (and, for a single run, its callback) around the jobs.
+
+Order matters: every job is validated first (torch-free, nothing written), then the plan is shown
+(`preview=true`) or the jobs already in the store are skipped, and only then is data prepared.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Callable
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gqa_sweep.model import divisors
-from gqa_sweep.results import load_runs
-from gqa_sweep.train import ConfigError, make_datamodule, resolved, results_dir, run_id_of, run_name, validate
+from gqa_sweep.config import (
+    ConfigError,
+    divisors,
+    resolved,
+    results_dir,
+    run_id_of,
+    run_name,
+    validate,
+)
+from gqa_sweep.results import ResultsStore, load_runs
 
 KV_KEY = "model.n_kv_heads"
+TOTAL_ENV = "GQA_SWEEP_JOBS"  # jobs this sweep launches: read by each job for its `run i/N` line
 
 
 def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[list[str]]:
@@ -32,22 +45,67 @@ def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
     return out
 
 
-def expand_and_validate(
-    jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]
-) -> tuple[list[list[str]], list[dict[str, Any]]]:
-    """Expand `all`, validate every job and prepare each distinct dataset once, before any training."""
-    jobs = expand_all(jobs, job_config)
-    info, prepared = [], set()
-    for overrides in jobs:
-        cfg = job_config(overrides)
-        validate(cfg)
-        config = resolved(cfg)
-        data_key = json.dumps(config["data"], sort_keys=True)
-        if data_key not in prepared:  # tokenizes into the shared cache; jobs then load it
-            make_datamodule(cfg)
-            prepared.add(data_key)
-        info.append({"run_id": run_id_of(config), "name": run_name(config), "results_dir": str(results_dir(cfg))})
-    return jobs, info
+def plan_job(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Validate one job and look it up in the store: what the sweep will do with it."""
+    validate(cfg)
+    config = resolved(cfg)
+    run_id, rdir = run_id_of(config), results_dir(cfg)
+    status = ResultsStore(rdir).status(run_id)
+    return {
+        "overrides": overrides,
+        "cfg": cfg,
+        "run_id": run_id,
+        "name": run_name(config),
+        "results_dir": str(rdir),
+        "status": status,
+        "skip": status in ("completed", "diverged") and not cfg.force,
+    }
+
+
+def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[dict[str, Any]]:
+    """Expand `all` and validate every job before anything is prepared, trained or written."""
+    return [plan_job(job_config(o), o) for o in expand_all(jobs, job_config)]
+
+
+def prepare_data(plans: list[dict[str, Any]]) -> None:
+    """Tokenize each distinct dataset of the jobs to run once, into the shared cache the jobs then load."""
+    from gqa_sweep.train import (
+        make_datamodule,  # heavy (torch): only once every job is known to be good
+    )
+
+    prepared = set()
+    for p in plans:
+        key = json.dumps(resolved(p["cfg"])["data"], sort_keys=True)
+        if key not in prepared:
+            make_datamodule(p["cfg"])
+            prepared.add(key)
+
+
+def print_skips(plans: list[dict[str, Any]]) -> None:
+    for p in plans:
+        if p["skip"]:
+            print(f"skip {p['name']} ({p['run_id']}): already {p['status']} in {p['results_dir']}; force=true reruns it")
+
+
+def print_preview(plans: list[dict[str, Any]]) -> None:
+    """`preview=true`: the jobs, their ids and what a real sweep would do with each; nothing is run."""
+    import pandas as pd
+
+    rows = [
+        {
+            "#": i,
+            "run": p["name"],
+            "run_id": p["run_id"],
+            "in store": p["status"] or "—",
+            "action": "skip" if p["skip"] else ("rerun (force)" if p["status"] else "train"),
+        }
+        for i, p in enumerate(plans, 1)
+    ]
+    n_run = sum(not p["skip"] for p in plans)
+    dirs = ", ".join(dict.fromkeys(p["results_dir"] for p in plans))
+    print(f"== preview: {len(plans)} jobs, {n_run} to train, {len(plans) - n_run} already done; store: {dirs} ==")
+    print(pd.DataFrame(rows).to_markdown(index=False, stralign="right", disable_numparse=True))
+    print("(nothing was run; drop preview=true to run)")
 
 
 def print_summary(jobs: list[dict[str, Any]]) -> None:
@@ -59,7 +117,7 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
     def fmt(value: Any, spec: str) -> str:
         return "—" if value is None or pd.isna(value) else format(value, spec)
 
-    lines = []
+    lines, unmeasured = [], "not measured"
     dirs = list(dict.fromkeys(j["results_dir"] for j in jobs))
     for rdir in dirs:
         runs = load_runs(rdir).set_index("run_id")
@@ -72,7 +130,8 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
                     "run_id": j["run_id"],
                     "status": "missing" if r is None else r.status,
                     "val ppl": fmt(get("val_ppl"), ".3f"),
-                    "train tok/s": fmt(get("train_tokens_per_s"), ",.0f"),
+                    "train tok/s": unmeasured if r is not None and r.status == "completed"
+                    and pd.isna(r.train_tokens_per_s) else fmt(get("train_tokens_per_s"), ",.0f"),
                     "decode tok/s": fmt(get("decode_tokens_per_s"), ",.0f"),
                     "KV bytes/token": fmt(get("kv_bytes_per_token"), ",.0f"),
                     "params": fmt(get("n_params"), ",.0f"),
@@ -81,15 +140,34 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
             )
     print(f"\n== sweep summary: {len(lines)} runs, store: {', '.join(dirs)} ==")
     print(pd.DataFrame(lines).to_markdown(index=False, stralign="right", disable_numparse=True))
+    if any(line["train tok/s"] == unmeasured for line in lines):
+        print("train tok/s not measured: the run ended before its first timed window "
+              "(metrics.throughput_warmup steps, then windows of 10 steps)")
+
+
+def exit_with(error: ConfigError) -> None:
+    """One line on stderr, exit status 1 (instead of Hydra's stack-trace hint)."""
+    print(error, file=sys.stderr)
+    raise SystemExit(1) from None
 
 
 class ValidateBeforeRun(Callback):
-    """Hydra callback: a single run is validated, and its data prepared, before Hydra creates its output dir."""
+    """Hydra callback for a single run: validate, preview or skip, then prepare data, all before Hydra
+    creates the run's output dir (so bad input and a run already done leave nothing behind)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            validate(config)
-            make_datamodule(config)  # tokenizes into the cache the run then loads
+            plan = plan_job(config)
+            if config.preview:
+                print_preview([plan])
+                raise SystemExit(0)
+            if plan["skip"]:
+                print_skips([plan])
+                raise SystemExit(0)
+            prepare_data([plan])
         except ConfigError as e:  # Hydra turns callback exceptions into warnings: exit here instead
-            print(e, file=sys.stderr)
-            raise SystemExit(1) from None
+            exit_with(e)
+
+
+def announce_jobs(n: int) -> None:
+    os.environ[TOTAL_ENV] = str(n)  # inherited by joblib / submitit job processes

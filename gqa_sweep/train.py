@@ -1,4 +1,4 @@
-"""`gqa-sweep`: the Hydra entry point. One run = one model at one G = one row in the results store.
+"""One run = one model at one G = one row in the results store.
 
 Flow: config -> validate (before anything is trained or written) -> data -> model -> Lightning Trainer
 with the RunMetrics callback -> final validation and decode speed -> one row + history in the store.
@@ -9,28 +9,38 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import hashlib
-import json
 import logging
 import math
 import os
 import shutil
 import socket
+import sys
 import time
 import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
-from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gqa_sweep.callbacks import RunMetrics
+from gqa_sweep.callbacks import RunMetrics, StepProgress
 from gqa_sweep.checkpoint import load_model, save_model
+from gqa_sweep.data.tokenizers import hf_tokenizer
+from gqa_sweep.config import (
+    ConfigError,
+    max_steps_of,
+    model_config,
+    resolved,
+    results_dir,
+    run_id_of,
+    run_name,
+    validate,
+)
+from gqa_sweep.kv import DTYPE_BYTES
 from gqa_sweep.metrics import (
     decode_tokens_per_s,
     device_name,
@@ -38,122 +48,13 @@ from gqa_sweep.metrics import (
     peak_flops,
     precision_dtype,
 )
-from gqa_sweep.kv import DTYPE_BYTES
-from gqa_sweep.model import ModelConfig, divisors
 from gqa_sweep.module import LMModule
-from gqa_sweep.results import ResultsStore, StoreError
+from gqa_sweep.results import ResultsStore
+from gqa_sweep.sweep import TOTAL_ENV
 
 log = logging.getLogger("gqa_sweep")
 
-# Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
-IDENTITY_EXCLUDE = (
-    "results_dir",
-    "force",
-    "logger",
-    "data.cache_dir",
-    "data.num_workers",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "trainer.num_threads",
-)
-INIT_METHODS = ("scratch", "mean", "first", "random")
 OWN_TRAINER_KEYS = ("ckpt_every_n_steps", "compile", "num_threads")
-
-
-class ConfigError(CompactHydraException, ValueError):
-    """Bad input, reported in one line before any training (Hydra prints compact errors as-is)."""
-
-
-# -- configuration ---------------------------------------------------------------------------------
-def resolved(cfg: DictConfig) -> dict:
-    """The run's resolved config as plain data, without Hydra's own node."""
-    d = OmegaConf.to_container(cfg, resolve=False)
-    d.pop("hydra", None)  # resolving it needs a running Hydra job; it is not part of the run anyway
-    return OmegaConf.to_container(OmegaConf.create(d), resolve=True)
-
-
-def run_id_of(cfg: dict) -> str:
-    """A hash of the resolved config minus output/logging keys: the same experiment, the same id."""
-    ident = copy.deepcopy(cfg)
-    for key in IDENTITY_EXCLUDE:
-        *parents, leaf = key.split(".")
-        node = ident
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def run_name(cfg: dict) -> str:
-    m = cfg["model"]
-    name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
-    if m.get("qk_norm"):
-        name += "-qknorm"
-    if cfg["optim"].get("z_loss"):
-        name += f"-z{cfg['optim']['z_loss']:g}"
-    if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
-        name += f"-{cfg['init']['method']}"
-    if cfg["init"].get("alpha") is not None:
-        name += f"-a{cfg['init']['alpha']}"
-    return name
-
-
-def model_config(cfg: dict, vocab_size: int) -> dict:
-    m = {k: v for k, v in cfg["model"].items() if k != "name"}
-    return {**m, "vocab_size": vocab_size}
-
-
-def max_steps_of(cfg: dict) -> int:
-    """Steps to train; an uptraining run (init.alpha set) derives them from the parent's S steps."""
-    init, steps = cfg["init"], cfg["trainer"]["max_steps"]
-    if init.get("alpha") is None:
-        return steps
-    S, alpha = init["parent_steps"], init["alpha"]
-    return round((1 + alpha) * S) if init["method"] == "scratch" else round(alpha * S)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Every check that needs no data: raise ConfigError naming the fix."""
-    m = cfg.model
-    if str(m.n_kv_heads) == "all":
-        raise ConfigError(
-            f"model.n_kv_heads=all expands to a sweep over {', '.join(map(str, divisors(int(m.n_heads))))}; "
-            "run it with -m (gqa-sweep -m model.n_kv_heads=all)"
-        )
-    try:
-        ModelConfig(**model_config(resolved(cfg), vocab_size=256))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model: {e}") from None
-    lr = cfg.optim.lr
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
-    z = cfg.optim.get("z_loss", 0.0)
-    if not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
-        raise ConfigError(f"optim.z_loss={z} must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4")
-    if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
-    validate_decode(cfg)
-    init = cfg.init
-    if init.method not in INIT_METHODS:
-        raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
-    if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:
-        raise ConfigError(f"init.method={init.method} needs init.checkpoint=PATH or init.parent_steps=S")
-    if init.checkpoint is not None and init.method == "scratch":
-        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
-    if init.checkpoint is not None and not Path(to_absolute_path(init.checkpoint)).exists():
-        raise ConfigError(f"init.checkpoint={init.checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
-    if init.alpha is not None and (not init.parent_steps or init.alpha < 0):
-        raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
-    if cfg.logger.kind not in ("none", "csv", "wandb"):
-        raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
-    try:
-        ResultsStore(results_dir(cfg)).check_writable()
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
-
-
-def results_dir(cfg: DictConfig) -> Path:
-    return Path(to_absolute_path(str(cfg.results_dir)))
 
 
 def make_datamodule(cfg: DictConfig):
@@ -199,19 +100,20 @@ def make_loggers(cfg: DictConfig, run_dir: Path, name: str, run_id: str, config:
         if mode == "offline":
             log.info("wandb: no API key, logging offline; upload later with `wandb sync %s/wandb/offline-run-*`", run_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
-        return [
-            WandbLogger(
-                project=cfg.logger.project,
-                entity=cfg.logger.entity,
-                group=cfg.sweep,
-                name=name,
-                job_type="train",
-                tags=list(cfg.logger.tags),
-                config={**config, "run_id": run_id},
-                save_dir=str(run_dir),
-                mode=mode,
-            )
-        ]
+        logger = WandbLogger(
+            project=cfg.logger.project,
+            entity=cfg.logger.entity,
+            group=cfg.sweep,
+            name=name,
+            job_type="train",
+            tags=list(cfg.logger.tags),
+            config={**config, "run_id": run_id},
+            save_dir=str(run_dir),
+            mode=mode,
+        )
+        # Lightning passes anonymous=None to wandb.init, which warns that the setting has no effect.
+        logger._wandb_init.pop("anonymous", None)
+        return [logger]
     return []
 
 
@@ -276,6 +178,37 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
     return parent_id
 
 
+def show_bar(progress: str) -> bool:
+    """progress=auto draws the step bar only on a terminal: logs and CI get one line per run."""
+    return progress == "bar" or (progress == "auto" and sys.stderr.isatty())
+
+
+def announce_run(cfg: DictConfig, name: str, run_id: str) -> None:
+    """The sweep-level line: `run 3/12: H8-G2-s1 (id)`, so a long sweep shows where it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    where = ""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and os.environ.get(TOTAL_ENV):
+        where = f" {HydraConfig.get().job.num + 1}/{os.environ[TOTAL_ENV]}"
+    log.info("run%s: %s (%s), %d steps -> %s", where, name, run_id, max_steps_of(resolved(cfg)), results_dir(cfg))
+
+
+def run_line(name: str, run_id: str, row: dict) -> str:
+    """The run's one summary line; a blank train tok/s is explained rather than left empty."""
+    parts = [f"{name} {run_id} {row['status']}: val_loss {row['val_loss']:.4f} ppl {row['val_ppl']:.3f}"]
+    if math.isfinite(row["train_tokens_per_s"]):
+        parts.append(
+            f"{row['train_tokens_per_s']:,.0f} train tok/s (p10-p90 {row['train_tokens_per_s_p10']:,.0f}-"
+            f"{row['train_tokens_per_s_p90']:,.0f})"
+        )
+    else:
+        parts.append("train tok/s not measured (run shorter than metrics.throughput_warmup + one window)")
+    parts.append(f"{row['decode_tokens_per_s']:,.0f} decode tok/s")
+    if row.get("diverged_step") is not None:
+        parts.append(f"diverged at step {row['diverged_step']}")
+    return " | ".join(parts)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one model and write its row; returns the row (or the stored one when skipped)."""
     validate(cfg)
@@ -286,6 +219,7 @@ def run(cfg: DictConfig) -> dict:
     if status in ("completed", "diverged") and not cfg.force:
         log.info("skip %s (%s): already %s in %s; force=true reruns it", name, run_id, status, store.path)
         return store.get(run_id)
+    announce_run(cfg, name, run_id)
 
     started_at, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     if cfg.trainer.num_threads:
@@ -306,6 +240,7 @@ def run(cfg: DictConfig) -> dict:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    hf_tokenizer(dm.tokenizer).save(str(run_dir / "tokenizer.json"))  # gqa-export ships it with the model
     ckpt = run_dir / "last.ckpt"
     metrics = RunMetrics(
         tokens_per_step=B * T,
@@ -319,6 +254,7 @@ def run(cfg: DictConfig) -> dict:
 
     callbacks = [
         metrics,
+        *([StepProgress(name, steps, B * T)] if show_bar(str(cfg.progress)) else []),
         ModelCheckpoint(
             dirpath=str(run_dir),
             save_top_k=0,
@@ -340,6 +276,7 @@ def run(cfg: DictConfig) -> dict:
     row = None
     base = {
         "run_id": run_id,
+        "run_name": name,
         "sweep": cfg.sweep,
         "model_name": cfg.model.name,
         "n_heads": cfg.model.n_heads,
@@ -395,11 +332,7 @@ def run(cfg: DictConfig) -> dict:
                 save_model(module.model, run_dir / "model.pt", meta={"run_id": run_id, "steps": steps})
             store.write_run(row, metrics.history)
             ckpt.unlink(missing_ok=True)  # the run is recorded; model.pt keeps the weights
-            log.info(
-                "%s %s %s: val_loss %.4f ppl %.3f | %.0f train tok/s | %.0f decode tok/s | %s",
-                name, run_id, row["status"], val_loss, row["val_ppl"], row["train_tokens_per_s"],
-                row["decode_tokens_per_s"], f"diverged at step {row['diverged_step']}" if diverged else "",
-            )
+            log.info("%s", run_line(name, run_id, row))
         return row
     except Exception as e:
         if trainer.is_global_zero:
@@ -416,18 +349,6 @@ def run(cfg: DictConfig) -> dict:
         raise
     finally:
         finish_wandb(loggers, row)
-
-
-def validate_decode(cfg: DictConfig) -> None:
-    m, block = cfg.metrics, cfg.data.block_size
-    for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
-        if not isinstance(m[key], int) or m[key] < 1:
-            raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
-    if m.decode_new_tokens >= block:
-        raise ConfigError(f"metrics.decode_new_tokens={m.decode_new_tokens} must be below data.block_size={block} "
-                          f"(the prompt needs >= 1 token); e.g. metrics.decode_new_tokens={max(1, block // 2)}")
-    if m.get("decode_fill_cache", False) not in (True, False):
-        raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
 
 
 def decode_shape(cfg: DictConfig) -> tuple[int, int]:
@@ -470,17 +391,8 @@ def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # lightning vs torch 2.13 pytree deprecation
-    run(cfg)
-
-
 def cli() -> None:
-    main()
+    """The console script of installs made before `gqa_sweep.cli` existed: same as `gqa-sweep`."""
+    from gqa_sweep.cli import cli as gqa_sweep_cli
 
-
-if __name__ == "__main__":
-    cli()
+    gqa_sweep_cli()

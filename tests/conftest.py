@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # A model small enough that a sweep step takes milliseconds on a laptop CPU.
 TINY = [
     "model.d_model=32",
@@ -43,14 +45,19 @@ def one_thread():
 def sweep_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
     env.update(HYDRA_FULL_ERROR="0", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
+
+
+# The `gqa-sweep` console script's target, run from this checkout (an older editable install's script may
+# point at another entry).
+GQA_SWEEP = [sys.executable, "-m", "gqa_sweep.cli"]
 
 
 def gqa_sweep(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the console script the way a user does; returns the finished process (never raises on rc)."""
-    exe = Path(sys.executable).with_name("gqa-sweep")
     return subprocess.run(
-        [str(exe), *args],
+        [*GQA_SWEEP, *args],
         cwd=cwd,
         env=env or sweep_env(),
         stdin=subprocess.DEVNULL,

@@ -88,3 +88,14 @@ def test_console_is_free_of_profiler_noise(tmp_path):
     assert "grouped" in proc.stdout  # the table itself was printed
     for noise in ("USDT", "profiler_start", "profiler_stop", "STAGE:"):
         assert noise not in out, out[:2000]
+
+
+def test_gqa_bench_startup_times_the_fast_error_path(tmp_path) -> None:
+    """`gqa-bench startup` runs each command in fresh processes, prints the table and leaves no files."""
+    from gqa_sweep.bench.cli import main
+
+    assert main(["startup", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "startup.md").read_text()
+    for row in ("gqa-sweep model.n_kv_heads=3", "gqa-sweep -m model.n_kv_heads=1,3", "gqa-sweep --help",
+                "import torch, lightning"):
+        assert row in table

@@ -201,7 +201,7 @@ def test_cli_round_trip(tmp_path, capsys, fmt, method):
     n0 = model.num_params()
     n1 = n0 - 2 * LAYERS * (8 - 2) * D_HEAD * D_MODEL
     assert capsys.readouterr().out == (
-        f"H=8, G 8 -> 2 ({method}): params {n0:,} -> {n1:,}, KV bytes/token (16-bit) {kv0:,} -> {kv1:,}; wrote {out}\n"
+        f"H=8, G 8 -> 2 ({method}): params {n0:,} -> {n1:,}, KV bytes/token (bf16/fp16) {kv0:,} -> {kv1:,}; wrote {out}\n"
     )
     loaded, meta = load_model(out)
     assert meta == {
@@ -328,3 +328,14 @@ def test_cli_rejects_unusable_hugging_face_directories(tmp_path, capsys):
         assert main([str(tmp_path / name), "--groups", "2", "--out", str(tmp_path / "o.pt")]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"gqa-convert: error: {message}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("precision", "label", "nbytes"), [("32-true", "fp32", 4), ("bf16-mixed", "bf16", 2)])
+def test_cli_kv_bytes_use_the_runs_dtype(tmp_path, capsys, precision, label, nbytes):
+    """A run's model.pt sits beside its config.yaml: KV bytes are reported in the dtype the sweep's table uses."""
+    run_dir = tmp_path / "run"
+    save_model(make_model(), run_dir / "model.pt")
+    (run_dir / "config.yaml").write_text(f"trainer:\n  precision: {precision}\n")
+    assert main([str(run_dir / "model.pt"), "--groups", "2", "--out", str(tmp_path / "gqa.pt")]) == 0
+    kv0, kv1 = 2 * 8 * D_HEAD * LAYERS * nbytes, 2 * 2 * D_HEAD * LAYERS * nbytes
+    assert f"KV bytes/token ({label}) {kv0:,} -> {kv1:,};" in capsys.readouterr().out

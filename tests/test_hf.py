@@ -321,3 +321,63 @@ def test_from_hf_rejects_qwen3_sliding_window() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"^unsupported Qwen3 config for DecoderLM: use_sliding_window=True"):
         model_config_from_hf(qwen)
+
+
+def _pipeline_text(out_dir: Path, prompt: str, new_tokens: int) -> str:
+    pipe = transformers.pipeline("text-generation", model=str(out_dir), device="cpu")
+    return pipe(prompt, max_new_tokens=new_tokens, do_sample=False)[0]["generated_text"]
+
+
+def _our_text(model: DecoderLM, tok, prompt: str, new_tokens: int) -> str:
+    ids = torch.tensor([tok.encode(prompt)])
+    return tok.decode(model.eval().generate(ids, new_tokens, temperature=0.0)[0].tolist())
+
+
+def test_exported_run_generates_our_text_in_a_pipeline(tiny_sweep: Path, tmp_path: Path) -> None:
+    """gqa-export of a trained run ships its tokenizer: pipeline("text-generation") greedy = our generate."""
+    import os
+
+    from gqa_sweep.checkpoint import load_model
+    from gqa_sweep.results import load_runs
+
+    run_dir = tiny_sweep / "runs" / load_runs(tiny_sweep).run_id[0]
+    old = os.umask(0o022)
+    try:
+        assert export_main([str(run_dir / "model.pt"), str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model, _ = load_model(run_dir / "model.pt")
+    ours = transformers.PreTrainedTokenizerFast(tokenizer_file=str(run_dir / "tokenizer.json"))
+    prompt = "ROMEO:\nWhat "  # + 12 new tokens fits block_size 32
+    assert tok(prompt)["input_ids"] == ours(prompt)["input_ids"]
+    from gqa_sweep.data.tokenizers import CharTokenizer
+
+    chars = CharTokenizer("".join(sorted(tok.get_vocab(), key=tok.get_vocab().get)))
+    assert _pipeline_text(tmp_path / "hf", prompt, 12) == _our_text(model, chars, prompt, 12)
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_hf_tokenizer_has_our_ids(kind: str) -> None:
+    from gqa_sweep.data.tokenizers import BpeTokenizer, ByteTokenizer, CharTokenizer, hf_tokenizer
+
+    text = "ROMEO:\nBut soft, what light  through yonder\twindow breaks? é ü 日本 🙂\n\n"
+    tok = {"char": lambda: CharTokenizer("".join(sorted(set(text)))), "byte": ByteTokenizer,
+           "bpe": lambda: BpeTokenizer.train(text * 20, 300)}[kind]()
+    hf = hf_tokenizer(tok)
+    assert hf.encode(text).ids == tok.encode(text)
+    assert hf.decode(tok.encode(text)) == tok.decode(tok.encode(text)) == text
+
+
+def test_byte_model_export_generates_our_text_in_a_pipeline(tmp_path: Path) -> None:
+    from gqa_sweep.data.tokenizers import ByteTokenizer, hf_tokenizer
+
+    torch.manual_seed(0)
+    model = DecoderLM(ModelConfig(vocab_size=256, block_size=64, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2))
+    ckpt = save_model(model, tmp_path / "run" / "model.pt")
+    hf_tokenizer(ByteTokenizer()).save(str(tmp_path / "run" / "tokenizer.json"))
+    assert export_main([str(ckpt), str(tmp_path / "hf")]) == 0
+    prompt = "naïve café: "
+    ours = _our_text(model, ByteTokenizer(), prompt, 16)
+    assert _pipeline_text(tmp_path / "hf", prompt, 16) == ours

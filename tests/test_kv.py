@@ -11,6 +11,7 @@ import torch
 from gqa_sweep.kv import (
     DTYPE_BYTES,
     PRESETS,
+    human_bytes,
     kv_cache_bytes,
     kv_table,
     main,
@@ -114,8 +115,8 @@ def test_kv_table_rejects_kv_heads_not_dividing_heads():
 
 def test_cli_prints_seed_numbers_for_the_64_layer_shape(capsys):
     rows = table_rows(run_main(capsys, SEED_SHAPE_ARGS))
-    assert rows["8*"][4:7] == ["34.36", "32.00", "87.50%"]
-    assert rows["64"][4:7] == ["274.88", "256.00", "0.00%"]
+    assert rows["8*"][4:9] == ["34.36", "GB", "32.00", "GiB", "87.50%"]
+    assert rows["64"][4:9] == ["274.88", "GB", "256.00", "GiB", "0.00%"]
 
 
 def test_cli_llama3_70b_table(capsys):
@@ -124,9 +125,9 @@ def test_cli_llama3_70b_table(capsys):
                                    "fp16 (2 bytes/element); * = the model's own G (8)")
     rows = table_rows(out)
     assert list(rows) == ["1", "2", "4", "8*", "16", "32", "64"]  # only the model's own G is marked
-    assert rows["8*"] == ["8*", "8", "GQA", "327,680", "42.95", "40.00", "87.50%"]
-    assert rows["1"] == ["1", "64", "MQA", "40,960", "5.37", "5.00", "98.44%"]
-    assert rows["64"] == ["64", "1", "MHA", "2,621,440", "343.60", "320.00", "0.00%"]
+    assert rows["8*"] == ["8*", "8", "GQA", "327,680", "42.95", "GB", "40.00", "GiB", "87.50%"]
+    assert rows["1"] == ["1", "64", "MQA", "40,960", "5.37", "GB", "5.00", "GiB", "98.44%"]
+    assert rows["64"] == ["64", "1", "MHA", "2,621,440", "343.60", "GB", "320.00", "GiB", "0.00%"]
 
 
 def test_console_script_output_equals_main(capsys):
@@ -143,7 +144,7 @@ def test_console_script_output_equals_main(capsys):
 
 def test_markdown_and_csv_formats(capsys):
     md = run_main(capsys, [*SEED_ARGS, "--format", "md"])
-    assert "|  8* |     8 | GQA    |       327,680 |   42.95 |    40.00 |         87.50% |" in md
+    assert "|  8* |     8 | GQA    |       327,680 |   42.95 GB |         40.00 GiB |         87.50% |" in md
     csv = run_main(capsys, [*SEED_ARGS, "--format", "csv"]).splitlines()
     assert csv[0] == "G,group_size,kind,own,bytes_per_token,kv_bytes,kv_GB,kv_GiB,saved_pct"
     assert csv[4] == "8,8,GQA,True,327680,42949672960,42.94967296,40.0,87.5"
@@ -242,3 +243,21 @@ def test_parse_bytes_units():
 )
 def test_bad_input_exits_2_with_a_one_line_fix(capsys, argv, message):
     assert run_error(capsys, argv) == message
+
+
+def test_small_caches_get_a_unit_that_shows_them():
+    """A tiny model's cache is kilobytes: it must not print as 0.00 GB."""
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(2_048 * 128 * 8) == "2.10 MB"
+    assert human_bytes(2_048 * 128 * 8, binary=True) == "2.00 MiB"
+    assert human_bytes(34_359_738_368) == "34.36 GB"
+    assert human_bytes(999) == "999 B" and human_bytes(1_000) == "1.00 KB"
+
+
+def test_cli_on_a_tiny_model_prints_kilobytes(capsys):
+    out = run_main(capsys, ["--layers", "2", "--heads", "8", "--kv-heads", "2", "--head-dim", "16", "--seq", "128",
+                            "--batch", "1"])
+    rows = table_rows(out)
+    # 2 (K, V) * G * d_head 16 * 2 layers * 128 tokens * 2 bytes (fp16)
+    assert rows["2*"][4:8] == ["32.77", "KB", "32.00", "KiB"]
+    assert " GB" not in out  # no 0.00 GB

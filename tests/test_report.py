@@ -309,7 +309,7 @@ def test_empty_dir_and_empty_store(tmp_path, capsys):
     assert run_cli([str(tmp_path)], capsys)[::2] == (2, (
         f"gqa-report: error: '{tmp_path}/' has no runs.sqlite; run a sweep first: "
         f"gqa-sweep -m results_dir={tmp_path}\n"))
-    ResultsStore(tmp_path).check_writable()  # creates the tables, no rows
+    ResultsStore(tmp_path)._init()  # an empty store: the tables, no rows
     assert run_cli([str(tmp_path)], capsys)[::2] == (2, (
         f"gqa-report: error: '{tmp_path}/' has no runs; run a sweep first: gqa-sweep -m results_dir={tmp_path}\n"))
 

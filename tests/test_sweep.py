@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 from gqa_sweep.results import load_history, load_runs
-from tests.conftest import TINY, gqa_sweep, sweep_env
+from tests.conftest import GQA_SWEEP, TINY, gqa_sweep, sweep_env
 
 METRIC_COLUMNS = [
     "n_params", "tokens_seen", "val_loss", "val_ppl", "grad_norm_max", "loss_spikes", "max_attn_logit",
@@ -46,12 +45,16 @@ def test_sweep_writes_one_complete_row_per_g(tiny_sweep: Path) -> None:
 def test_rerun_skips_completed_runs_and_force_reruns(tiny_sweep: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
     shutil.copytree(tiny_sweep, results)
-    before = load_runs(results)
+    before, hydra_dirs = load_runs(results), sorted((results / "hydra").rglob("*"))
     args = ["-m", *TINY, f"results_dir={results}", "model.n_kv_heads=1,2,4", "sweep=tiny"]
     again = gqa_sweep(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skip ") + again.stderr.count("skip ") == 3
     pd.testing.assert_frame_equal(load_runs(results), before)
+    assert sorted((results / "hydra").rglob("*")) == hydra_dirs  # nothing ran: no new hydra/<timestamp>
+    single = gqa_sweep(*args[1:-2], "model.n_kv_heads=2", "sweep=tiny", cwd=tmp_path)
+    assert single.returncode == 0 and "skip H8-G2-s0" in single.stdout, single.stderr[-2000:]
+    assert sorted((results / "hydra").rglob("*")) == hydra_dirs
 
     forced = gqa_sweep(*args, "force=true", "model.n_kv_heads=4", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr[-2000:]
@@ -77,8 +80,7 @@ def test_divergence_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 def test_sigkill_mid_sweep_then_rerun_completes_each_run_once(tmp_path: Path) -> None:
     results = tmp_path / "results"
     steps = ["trainer.max_steps=400", "trainer.ckpt_every_n_steps=5"]
-    exe = Path(sys.executable).with_name("gqa-sweep")
-    args = [str(exe), "-m", *TINY, *steps, f"results_dir={results}", "model.n_kv_heads=1,2,4"]
+    args = [*GQA_SWEEP, "-m", *TINY, *steps, f"results_dir={results}", "model.n_kv_heads=1,2,4"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=sweep_env(), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -114,6 +116,24 @@ def test_joblib_launcher_lands_every_row(tmp_path: Path) -> None:
     assert sorted(runs.n_kv_heads) == [1, 2, 4, 8]  # model.n_kv_heads=all (the default) for H=8
     assert set(runs.status) == {"completed"}
     assert "sweep summary: 4 runs" in proc.stdout
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
+    """The SLURM path's machinery (pickled jobs run by submitit in separate processes) on one machine."""
+    results = tmp_path / "results"
+    proc = gqa_sweep("-m", *TINY, f"results_dir={results}", "model.n_kv_heads=1,2", "hydra/launcher=submitit_local",
+                     "hydra.launcher.timeout_min=10", cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = load_runs(results).sort_values("n_kv_heads")
+    assert list(runs.n_kv_heads) == [1, 2] and set(runs.status) == {"completed"}
+    assert list(runs.run_name) == ["H8-G1-s0", "H8-G2-s0"]
+    assert "sweep summary: 2 runs" in proc.stdout
+    for rid in runs.run_id:
+        assert f"| {rid} | completed |" in proc.stdout
+    pickles = list((results / "hydra").rglob("*_submitted.pkl"))
+    assert len(pickles) == 2  # one pickled job per run, each run by its own submitit process
+    logs = sorted((results / "hydra").rglob("*_log.out"))
+    assert any("run 1/2: H8-G1-s0" in p.read_text() for p in logs)
 
 
 @pytest.fixture
@@ -183,6 +203,7 @@ def test_wandb_offline_without_key_or_tty(tmp_path: Path) -> None:
     offline = list((results / "runs" / runs.run_id[0] / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
     assert "wandb sync" in proc.stdout + proc.stderr
+    assert "anonymous" not in proc.stdout + proc.stderr  # Lightning's anonymous=None made wandb warn
 
 
 def test_ddp_two_cpu_processes_write_one_row(tmp_path: Path) -> None:

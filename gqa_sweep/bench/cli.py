@@ -4,6 +4,7 @@
     gqa-bench decode    [--model cache-bound|tiny|small|gpt2-124m --batch B --context 1024 4096 --new-tokens N]
     gqa-bench serve     [--model ... --context T --memory 2GB --new-tokens N]
     gqa-bench train     [--model tiny|small|gpt2-124m --batch B --seq T --steps N]
+    gqa-bench startup   [--repeats N --out DIR]  (start-up time of gqa-sweep's bad-input path and --help)
     common: [--quick] [--out DIR] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--warmup N]
             [--profile]  (also write a torch.profiler table of the top ops of each implementation)
 
@@ -150,6 +151,11 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["startup"]:  # times whole processes, so it takes none of the model options below
+        from gqa_sweep.bench.startup import main as startup_main
+
+        return startup_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         a = resolve(a)

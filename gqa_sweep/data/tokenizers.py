@@ -104,6 +104,35 @@ class BpeTokenizer:
         return cls(HFTokenizer.from_file(str(path)))
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table, the alphabet of the `tokenizers` ByteLevel pieces."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = iter(range(256, 512))
+    return {b: chr(b if b in keep else next(extra)) for b in range(256)}
+
+
+def hf_tokenizer(tok: Tokenizer):
+    """The tokenizer as a `tokenizers.Tokenizer` with the same ids, for `AutoTokenizer` and pipelines.
+
+    char: a BPE with no merges over the corpus's characters (one token per character); byte: the same over
+    the 256 ByteLevel characters with id = byte value; bpe: itself. Decoding concatenates, as ours does.
+    """
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    if isinstance(tok, BpeTokenizer):
+        return tok.tok
+    if isinstance(tok, CharTokenizer):
+        out = HFTokenizer(models.BPE(vocab=dict(tok.stoi), merges=[]))
+        out.decoder = decoders.Fuse()
+        return out
+    table = bytes_to_unicode()
+    out = HFTokenizer(models.BPE(vocab={table[b]: b for b in range(256)}, merges=[]))
+    out.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    out.decoder = decoders.ByteLevel()
+    return out
+
+
 def chunks(text: str, size: int = 1 << 20) -> Iterator[str]:
     """Pieces of about `size` characters, each ending at a newline when there is one."""
     start = 0

@@ -19,6 +19,8 @@ import pandas as pd
 from gqa_sweep.report import stability
 from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
 
+NOT_MEASURED = "not measured"
+
 
 TITLES = {
     "ablation": "GQA ablation: quality, stability, speed and KV-cache size vs G",
@@ -218,6 +220,12 @@ def _num(x: float, fmt: str) -> str:
     return DASH if x is None or pd.isna(x) else format(x, fmt)
 
 
+def _measured(x: float, fmt: str, n_completed: int) -> str:
+    """A cell whose completed runs did not measure it (too short for the spike window or the throughput
+    warm-up) says so instead of a dash that reads as "no run" or a 0 that reads as "none"."""
+    return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else _num(x, fmt)
+
+
 def _si(n: float) -> str:
     if pd.isna(n):
         return DASH
@@ -245,10 +253,10 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "val ppl": [_mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": t.n_completed.astype(str),
         "Δ ppl vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
-        "train tok/s": t.train_tokens_per_s_median.map(lambda x: _num(x, ",.0f")),
+        "train tok/s": [_measured(x, ",.0f", n) for x, n in zip(t.train_tokens_per_s_median, t.n_completed)],
         "decode tok/s": t.decode_tokens_per_s_median.map(lambda x: _num(x, ",.0f")),
         "grad-norm max": t.grad_norm_max.map(lambda x: _num(x, ".2f")),
-        "loss spikes": t.loss_spikes_mean.map(lambda x: _num(x, ".2f")),
+        "loss spikes": [_measured(x, ".2f", n) for x, n in zip(t.loss_spikes_mean, t.n_completed)],
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
     })

@@ -1,24 +1,23 @@
-"""Hydra sweeper for G sweeps: Hydra's basic sweeper plus three things it cannot do.
+"""Hydra sweeper for G sweeps: Hydra's basic sweeper plus what it cannot do.
 
 1. `model.n_kv_heads=all` expands, per job, to every divisor of that job's n_heads (so `model.n_heads=8,12`
    with `all` gives 4 + 6 jobs, never an invalid pair).
-2. Every job's config is validated and its data prepared before the first job trains, so bad input fails
-   in seconds and nothing already in the store is touched.
+2. Every job's config is validated before anything is prepared or written, so bad input fails in about
+   a second; then `preview=true` lists the jobs and stops, jobs already in the store are skipped (a sweep
+   with nothing left to run creates no output dir), and each dataset is prepared once.
 3. After the sweep, one summary table of the jobs' rows is printed from the results store.
 """
 
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.types import Override
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 log = logging.getLogger(__name__)
-KV_KEY = "model.n_kv_heads"
 
 
 @dataclass
@@ -31,23 +30,37 @@ class GQASweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="gqa", node=GQASweeperConf, provider="gqa_sweep")
 
 
+class _NothingToRun(Exception):
+    """Every job is already in the store (or only previewed): skip Hydra's launch and its output dir."""
+
+
 class GQASweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.jobs: List[Dict[str, Any]] = []
 
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
-        from gqa_sweep.sweep import expand_and_validate
-        from gqa_sweep.train import ConfigError
+        from gqa_sweep import sweep
+        from gqa_sweep.config import ConfigError
 
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         try:
-            jobs, self.jobs = expand_and_validate(jobs, self._job_config)
-        except ConfigError as e:  # one line, before any job ran, instead of Hydra's stack-trace hint
-            print(e, file=sys.stderr)
-            raise SystemExit(1) from None
-        n = max_batch_size or len(jobs) or 1
-        return [jobs[i : i + n] for i in range(0, len(jobs), n)]
+            plans = sweep.plan_sweep(jobs, self._job_config)
+            if plans and plans[0]["cfg"].preview:
+                sweep.print_preview(plans)
+                raise _NothingToRun
+            sweep.print_skips(plans)
+            todo = [p for p in plans if not p["skip"]]
+            sweep.prepare_data(todo)
+        except ConfigError as e:
+            sweep.exit_with(e)
+        self.jobs = plans
+        if not todo:
+            raise _NothingToRun
+        sweep.announce_jobs(len(todo))
+        to_run = [p["overrides"] for p in todo]
+        n = max_batch_size or len(to_run)
+        return [to_run[i : i + n] for i in range(0, len(to_run), n)]
 
     def _job_config(self, overrides: List[str]):
         return self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -57,5 +70,7 @@ class GQASweeper(BasicSweeper):
 
         try:
             return super().sweep(arguments)
+        except _NothingToRun:
+            return []
         finally:
             print_summary(self.jobs)

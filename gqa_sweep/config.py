@@ -1,0 +1,220 @@
+"""A run's config and every check on it, torch-free: bad input fails before torch and Lightning load.
+
+ModelConfig (the model's shape), the run's identity (run_id_of, run_name) and `validate`, which
+raises ConfigError naming the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hydra.errors import CompactHydraException
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from gqa_sweep.results import ResultsStore, StoreError
+
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    block_size: int
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int | None = None  # None: d_model // n_heads; set it to hold head size fixed across a sweep
+    d_ff: int | None = None  # None: SwiGLU width ~8/3 d_model, rounded up to a multiple of 32
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    sdpa_backend: str = "auto"
+    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (OLMo-2, Qwen3): bounds attention logits
+
+    def __post_init__(self) -> None:
+        H, G = self.n_heads, self.n_kv_heads
+        for name in ("vocab_size", "block_size", "n_layers", "d_model", "n_heads"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not isinstance(G, int) or G <= 0:
+            raise ValueError(
+                f"n_kv_heads={G!r} must be a positive integer; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))} (divisors of n_heads={H})"
+            )
+        if G > H:
+            raise ValueError(
+                f"n_kv_heads={G} is larger than n_heads={H}; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))} (G=1 is MQA, G={H} is MHA)"
+            )
+        if H % G:
+            raise ValueError(
+                f"n_heads={H} is not divisible by n_kv_heads={G}; choose n_kv_heads from "
+                f"{', '.join(map(str, divisors(H)))}"
+            )
+        if self.d_head is None:
+            if self.d_model % H or self.d_model // H % 2:
+                why = "is not divisible by" if self.d_model % H else "gives an odd d_head (RoPE needs it even) with"
+                ok = [h for h in divisors(self.d_model) if self.d_model // h % 2 == 0]
+                raise ValueError(
+                    f"d_model={self.d_model} {why} n_heads={H}; choose n_heads from "
+                    f"{', '.join(map(str, ok)) or '(none: d_model is odd)'} or set an even d_head explicitly"
+                )
+            self.d_head = self.d_model // H
+        if not isinstance(self.d_head, int) or self.d_head <= 0 or self.d_head % 2:
+            raise ValueError(f"d_head={self.d_head!r} must be a positive even integer for RoPE; set an even d_head")
+        if self.d_ff is None:
+            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)  # any width exports: HF takes it as is
+        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
+            raise ValueError(f"d_ff={self.d_ff!r} must be a positive integer (or None for ~8/3 d_model)")
+        if not isinstance(self.qk_norm, bool):
+            raise ValueError(f"qk_norm={self.qk_norm!r} must be true or false")
+        if self.sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
+
+    @property
+    def group_size(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+    def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """Bytes of K and V cache one token occupies across all layers: 2 * G * d_head * L * bytes."""
+        return 2 * self.n_kv_heads * self.d_head * self.n_layers * bytes_per_element
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
+IDENTITY_EXCLUDE = (
+    "results_dir",
+    "force",
+    "logger",
+    "data.cache_dir",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.num_threads",
+    "progress",
+    "preview",
+)
+INIT_METHODS = ("scratch", "mean", "first", "random")
+
+
+class ConfigError(CompactHydraException, ValueError):
+    """Bad input, reported in one line before any training (Hydra prints compact errors as-is)."""
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The run's resolved config as plain data, without Hydra's own node."""
+    d = OmegaConf.to_container(cfg, resolve=False)
+    d.pop("hydra", None)  # resolving it needs a running Hydra job; it is not part of the run anyway
+    return OmegaConf.to_container(OmegaConf.create(d), resolve=True)
+
+
+def run_id_of(cfg: dict) -> str:
+    """A hash of the resolved config minus output/logging keys: the same experiment, the same id."""
+    ident = copy.deepcopy(cfg)
+    for key in IDENTITY_EXCLUDE:
+        *parents, leaf = key.split(".")
+        node = ident
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def run_name(cfg: dict) -> str:
+    m = cfg["model"]
+    name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
+    if m.get("qk_norm"):
+        name += "-qknorm"
+    if cfg["optim"].get("z_loss"):
+        name += f"-z{cfg['optim']['z_loss']:g}"
+    if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
+        name += f"-{cfg['init']['method']}"
+    if cfg["init"].get("alpha") is not None:
+        name += f"-a{cfg['init']['alpha']}"
+    return name
+
+
+def model_config(cfg: dict, vocab_size: int) -> dict:
+    m = {k: v for k, v in cfg["model"].items() if k != "name"}
+    return {**m, "vocab_size": vocab_size}
+
+
+def max_steps_of(cfg: dict) -> int:
+    """Steps to train; an uptraining run (init.alpha set) derives them from the parent's S steps."""
+    init, steps = cfg["init"], cfg["trainer"]["max_steps"]
+    if init.get("alpha") is None:
+        return steps
+    S, alpha = init["parent_steps"], init["alpha"]
+    return round((1 + alpha) * S) if init["method"] == "scratch" else round(alpha * S)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no data: raise ConfigError naming the fix."""
+    m = cfg.model
+    if str(m.n_kv_heads) == "all":
+        raise ConfigError(
+            f"model.n_kv_heads=all expands to a sweep over {', '.join(map(str, divisors(int(m.n_heads))))}; "
+            "run it with -m (gqa-sweep -m model.n_kv_heads=all)"
+        )
+    try:
+        ModelConfig(**model_config(resolved(cfg), vocab_size=256))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from None
+    lr = cfg.optim.lr
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
+    z = cfg.optim.get("z_loss", 0.0)
+    if not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
+        raise ConfigError(f"optim.z_loss={z} must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4")
+    if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
+    validate_decode(cfg)
+    init = cfg.init
+    if init.method not in INIT_METHODS:
+        raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
+    if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:
+        raise ConfigError(f"init.method={init.method} needs init.checkpoint=PATH or init.parent_steps=S")
+    if init.checkpoint is not None and init.method == "scratch":
+        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
+    if init.checkpoint is not None and not Path(to_absolute_path(init.checkpoint)).exists():
+        raise ConfigError(f"init.checkpoint={init.checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
+    if init.alpha is not None and (not init.parent_steps or init.alpha < 0):
+        raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
+    if cfg.get("progress", "auto") not in ("auto", "bar", "lines"):
+        raise ConfigError(f"progress={cfg.progress!r}; choose progress=auto, progress=bar or progress=lines")
+    if cfg.logger.kind not in ("none", "csv", "wandb"):
+        raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
+    try:
+        ResultsStore(results_dir(cfg)).check_writable()
+    except StoreError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_decode(cfg: DictConfig) -> None:
+    m, block = cfg.metrics, cfg.data.block_size
+    for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
+        if not isinstance(m[key], int) or m[key] < 1:
+            raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
+    if m.decode_new_tokens >= block:
+        raise ConfigError(f"metrics.decode_new_tokens={m.decode_new_tokens} must be below data.block_size={block} "
+                          f"(the prompt needs >= 1 token); e.g. metrics.decode_new_tokens={max(1, block // 2)}")
+    if m.get("decode_fill_cache", False) not in (True, False):
+        raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
+
+
+def results_dir(cfg: DictConfig) -> Path:
+    return Path(to_absolute_path(str(cfg.results_dir)))
