@@ -74,6 +74,10 @@ RUN_COLUMNS: dict[str, str] = {
     "resumed_from_step": "INTEGER",
     "error": "TEXT",
     "host": "TEXT",
+    # Recall and position (data=mqar, docs/metrics.md): JSON lists in TEXT columns keep the store plain rows.
+    "recall_acc": "REAL",
+    "recall_acc_by_segment": "TEXT",
+    "val_loss_by_pos": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 
