@@ -172,3 +172,67 @@ def test_val_stats_recall_and_position_buckets():
     stats.update(torch.arange(16.0).view(2, 8), logits[:2], torch.zeros(2, 8, dtype=torch.long), None)
     assert stats.loss_by_position(4) == [(0 + 1 + 8 + 9) / 4, (2 + 3 + 10 + 11) / 4, 8.5, 10.5]
     assert "recall_acc" not in stats.row(None)
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+MQAR_TINY = [
+    "data=mqar", "data.vocab_size=64", "data.num_train=200", "data.num_test=16", "model.n_heads=2",
+    "data.train_segments=[[16,2],[32,4]]", "data.test_segments=[[16,2],[32,4],[32,8]]", "data.block_size=32",
+]
+
+
+def test_mqar_sweep_rows_and_report(tmp_path):
+    from tests.conftest import TINY, gqa_sweep
+    from gqa_sweep.report import main as report_main
+    from gqa_sweep.results import load_runs
+
+    results = tmp_path / "results"
+    proc = gqa_sweep("-m", *TINY, *MQAR_TINY, "model.n_kv_heads=all", "optim.lr=1e-3,3e-3", "sweep=recall",
+                     f"results_dir={results}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = load_runs(results)
+    assert len(runs) == 4 and set(runs.status) == {"completed"} and set(runs.data_name) == {"mqar"}
+    for r in runs.itertuples():
+        per = json.loads(r.recall_acc_by_segment)
+        assert [p["segment"] for p in per] == ["T16-K2", "T32-K4", "T32-K8"]
+        assert [p["n"] for p in per] == [16 * 2, 16 * 4, 16 * 8]  # every query of the test set, once
+        acc = sum(p["acc"] * p["n"] for p in per) / sum(p["n"] for p in per)
+        assert r.recall_acc == pytest.approx(acc) and 0 <= r.recall_acc <= 1
+        assert len(json.loads(r.val_loss_by_pos)) == 8
+    assert report_main([str(results), "--plots"]) == 0
+    out = results / "report"
+    table = __import__("pandas").read_csv(out / "recall.csv")
+    assert len(table) == 2 * 3 and set(table.test_only) == {False, True}
+    assert (out / "recall_vs_G.png").exists() and "T32-K8 (test only)" in (out / "recall.md").read_text()
+
+
+def test_text_runs_carry_loss_by_position(tiny_sweep):
+    from gqa_sweep.results import load_runs
+
+    runs = load_runs(tiny_sweep)
+    for r in runs.itertuples():
+        buckets = json.loads(r.val_loss_by_pos)
+        assert len(buckets) == 8 and all(b > 0 for b in buckets) and pd_isna(r.recall_acc)
+
+
+def pd_isna(x) -> bool:
+    return x is None or x != x
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.num_kv_pairs=20", "data.train_segments [64, 20]: 4 * num_kv_pairs = 80 > seq_len=64 (the context takes "
+                             "2K tokens and the K queries another 2K); use num_kv_pairs <= 16 or seq_len >= 80"),
+    ("data.vocab_size=64", "data.vocab_size=64 must exceed seq_len=64 (data.train_segments [64, 4]); "
+                           "use data.vocab_size>=65"),
+    ("data.seq_len=63", "data.train_segments [63, 4]: seq_len=63 is odd; queries take two-token slots, use an even "
+                        "seq_len, e.g. 64"),
+])
+def test_bad_mqar_settings_fail_before_anything_is_written(tmp_path, override, message):
+    from tests.conftest import gqa_sweep
+
+    for multirun in ([], ["-m", "model.n_kv_heads=1,2"]):
+        proc = gqa_sweep(*multirun, "data=mqar", override, f"results_dir={tmp_path / 'results'}", cwd=tmp_path)
+        assert proc.returncode != 0
+        assert [line for line in proc.stderr.splitlines() if line.strip()] == [message], proc.stderr[-2000:]
+        assert not (tmp_path / "results").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gqa_sweep.report import recall
 from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
 
 
@@ -202,6 +203,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
         "ablation": ablation_table(runs),
         "lr_sensitivity": lr_sensitivity_table(runs),
         "conversion": conversion_table(runs, all_runs),
+        **recall.recall_tables(runs),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -287,6 +289,10 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "lr_sensitivity": display_lr_sensitivity,
     "conversion": display_conversion,
 }
+# The recall table (data=mqar) is built and shown by report/recall.py.
+TITLES.update(recall.TITLES)
+NOTES.update(recall.NOTES)
+DISPLAY.update(recall.DISPLAY)
 
 
 def to_markdown(name: str, table: pd.DataFrame) -> str:
