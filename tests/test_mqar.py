@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -183,9 +184,9 @@ MQAR_TINY = [
 
 
 def test_mqar_sweep_rows_and_report(tmp_path):
-    from tests.conftest import TINY, gqa_sweep
     from gqa_sweep.report import main as report_main
     from gqa_sweep.results import load_runs
+    from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"
     proc = gqa_sweep("-m", *TINY, *MQAR_TINY, "model.n_kv_heads=all", "optim.lr=1e-3,3e-3", "sweep=recall",
@@ -202,7 +203,7 @@ def test_mqar_sweep_rows_and_report(tmp_path):
         assert len(json.loads(r.val_loss_by_pos)) == 8
     assert report_main([str(results), "--plots"]) == 0
     out = results / "report"
-    table = __import__("pandas").read_csv(out / "recall.csv")
+    table = pd.read_csv(out / "recall.csv")
     assert len(table) == 2 * 3 and set(table.test_only) == {False, True}
     assert (out / "recall_vs_G.png").exists() and "T32-K8 (test only)" in (out / "recall.md").read_text()
 
@@ -213,11 +214,7 @@ def test_text_runs_carry_loss_by_position(tiny_sweep):
     runs = load_runs(tiny_sweep)
     for r in runs.itertuples():
         buckets = json.loads(r.val_loss_by_pos)
-        assert len(buckets) == 8 and all(b > 0 for b in buckets) and pd_isna(r.recall_acc)
-
-
-def pd_isna(x) -> bool:
-    return x is None or x != x
+        assert len(buckets) == 8 and all(b > 0 for b in buckets) and pd.isna(r.recall_acc)
 
 
 @pytest.mark.parametrize("override,message", [

@@ -7,7 +7,12 @@ import json
 import pandas as pd
 import pytest
 
-from gqa_sweep.report.recall import display_recall, position_losses, recall_plots, recall_table
+from gqa_sweep.report.recall import (
+    display_recall,
+    position_losses,
+    recall_plots,
+    recall_table,
+)
 from gqa_sweep.results import RUN_COLUMNS
 
 CONFIG = json.dumps({"data": {"train_segments": [[32, 4]], "seq_len": 64, "num_kv_pairs": 4}})

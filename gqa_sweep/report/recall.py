@@ -3,7 +3,7 @@
 - `recall` table: one row per (model, G, test segment) of the MQAR runs; accuracy mean ± sample std over
   the completed seeds at the best lr of that cell (Zoology Fig. 2 reports the best of 4 lrs per point) and
   at one fixed lr for the whole table (the lr with the highest mean recall over all runs).
-- `recall_vs_G` plot: accuracy against G, one line per segment (solid: best lr, dashed: fixed lr).
+- `recall_vs_G` plot: accuracy against G, a panel per test segment (solid: best lr, dashed: fixed lr).
 - `loss_vs_position` plot: for text runs, val loss per position bucket of the block, one line per G, and
   its difference to MHA: a long-context benefit of more KV heads is a gap that grows with position.
 """
@@ -112,14 +112,14 @@ def recall_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------------------------- plots
 
 
-def _figure(ncols: int) -> tuple[Figure, list]:
-    fig = Figure(figsize=(5.5 * ncols, 4.0), layout="constrained")
+def _figure(ncols: int, width: float = 5.5) -> tuple[Figure, list]:
+    fig = Figure(figsize=(width * ncols, 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
 
 
 def _g_axis(ax, gs) -> None:
-    gs = sorted(set(int(g) for g in gs))
+    gs = sorted({int(g) for g in gs})
     ax.set_xscale("log", base=2)
     ax.set_xticks(gs, [str(g) for g in gs])
     ax.minorticks_off()
@@ -134,23 +134,22 @@ def _colours(n: int) -> list:
 
 
 def plot_recall_vs_g(table: pd.DataFrame) -> Figure:
-    """Accuracy (mean ± std over seeds) against G, a line per segment; a panel per model."""
+    """Accuracy (mean ± std over seeds) against G, a panel per test segment, a line per model and lr choice."""
+    segs = list(dict.fromkeys(table.segment))
     models = list(dict.fromkeys(table.model))
-    fig, axes = _figure(len(models))
-    for ax, model in zip(axes, models):
-        t = table[table.model == model]
-        segs = list(dict.fromkeys(t.segment))
-        for colour, name in zip(_colours(len(segs)), segs):
-            s = t[t.segment == name].sort_values("G")
-            label = name + (" (test only)" if s.test_only.iloc[0] else "")
+    fig, axes = _figure(len(segs), width=4.0)
+    for ax, name in zip(axes, segs):
+        t = table[table.segment == name]
+        for colour, model in zip(_colours(len(models)), models):
+            s = t[t.model == model].sort_values("G")
             ax.errorbar(s.G, s.acc_best_mean, yerr=s.acc_best_std.fillna(0), marker="o", capsize=3, color=colour,
-                        label=f"{label}, best lr")
+                        label=f"{model}, best lr")
             ax.errorbar(s.G, s.acc_fixed_mean, yerr=s.acc_fixed_std.fillna(0), marker="s", capsize=3, color=colour,
-                        ls="--", alpha=0.6, label=f"{label}, lr={s.fixed_lr.iloc[0]:g}")
+                        ls="--", alpha=0.6, label=f"{model}, lr={s.fixed_lr.iloc[0]:g}")
         _g_axis(ax, t.G)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("MQAR recall accuracy (mean ± std)")
-        ax.set_title(f"{model}: recall vs G")
+        ax.set_title(name + (" (test only)" if t.test_only.iloc[0] else ""))
         ax.legend(fontsize=7)
     return fig
 
