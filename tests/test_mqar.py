@@ -180,6 +180,7 @@ def test_val_stats_recall_and_position_buckets():
 MQAR_TINY = [
     "data=mqar", "data.vocab_size=64", "data.num_train=200", "data.num_test=16", "model.n_heads=2",
     "data.train_segments=[[16,2],[32,4]]", "data.test_segments=[[16,2],[32,4],[32,8]]", "data.block_size=32",
+    "data.batch_size=4",
 ]
 
 
@@ -189,7 +190,8 @@ def test_mqar_sweep_rows_and_report(tmp_path):
     from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"
-    proc = gqa_sweep("-m", *TINY, *MQAR_TINY, "model.n_kv_heads=all", "optim.lr=1e-3,3e-3", "sweep=recall",
+    tiny = [o for o in TINY if not o.startswith("data.")]  # text-only keys (val_batches) do not exist for MQAR
+    proc = gqa_sweep("-m", *tiny, *MQAR_TINY, "model.n_kv_heads=all", "optim.lr=1e-3,3e-3", "sweep=recall",
                      f"results_dir={results}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = load_runs(results)

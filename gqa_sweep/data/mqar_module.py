@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -107,7 +106,7 @@ class MQARDataModule(L.LightningDataModule):
         s = self.spec
         for key, segs in (("train_segments", s.train_segments), ("test_segments", s.test_segments)):
             for seg in segs:
-                check_segment(seg, s.vocab_size, f"data.{key} {list((seg.seq_len, seg.num_kv_pairs))}")
+                check_segment(seg, s.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
         longest = max(seg.seq_len for seg in s.train_segments + s.test_segments)
         if self.block_size < longest:
             raise DataError(f"data.block_size={self.block_size} is shorter than the longest MQAR segment "
