@@ -1,7 +1,9 @@
 """LightningModule: next-token loss, AdamW, warm-up + cosine schedule, gradient clipping.
 
 Metric bookkeeping lives in callbacks.py; this module only exposes the numbers a step produces
-(`last_loss`, `last_grad_norm`: the global L2 norm *before* clipping).
+(`last_loss`, `last_grad_norm`: the global L2 norm *before* clipping), and after a validation pass
+`val_stats` (loss by position, MQAR recall per test segment; val_stats.py). Labels of -100 are ignored
+everywhere (F.cross_entropy's default ignore_index): MQAR labels only its query positions.
 """
 
 from __future__ import annotations
