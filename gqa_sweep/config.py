@@ -198,6 +198,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"progress={cfg.progress!r}; choose progress=auto, progress=bar or progress=lines")
     if cfg.logger.kind not in ("none", "csv", "wandb"):
         raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
+    if cfg.data.get("source") == "mqar":  # pure config, but checked by the data module: before the store exists
+        from gqa_sweep.train import make_datamodule
+
+        make_datamodule(cfg, prepare=False)
     try:
         ResultsStore(results_dir(cfg)).check_writable()
     except StoreError as e:

@@ -1,7 +1,9 @@
 """LightningModule: next-token loss, AdamW, warm-up + cosine schedule, gradient clipping.
 
 Metric bookkeeping lives in callbacks.py; this module only exposes the numbers a step produces
-(`last_loss`, `last_grad_norm`: the global L2 norm *before* clipping).
+(`last_loss`, `last_grad_norm`: the global L2 norm *before* clipping), and after a validation pass
+`val_stats` (loss by position, MQAR recall per test segment; val_stats.py). Labels of -100 are ignored
+everywhere (F.cross_entropy's default ignore_index): MQAR labels only its query positions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.val_stats import IGNORE, ValStats
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
@@ -44,6 +47,7 @@ class LMModule(L.LightningModule):
         self._forward = torch.compile(self.model) if compile else self.model
         self.last_loss: torch.Tensor | None = None
         self.last_grad_norm: torch.Tensor | None = None
+        self.val_stats = ValStats(self.model.cfg.block_size)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.losses(x, y)[0]
@@ -59,10 +63,23 @@ class LMModule(L.LightningModule):
         self.last_loss = ce.detach()  # the logged train loss stays comparable across z_loss settings
         return ce + self.hparams.z_loss * z if self.hparams.z_loss else ce
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_stats.reset()
+
     def validation_step(self, batch, batch_idx):
-        loss = self.loss(*batch)
-        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        # Batches are (x, y) for text, (x, y, segment) for MQAR, whose y is -100 except at query positions.
+        x, y = batch[0], batch[1]
+        logits = self._forward(x).float()
+        tok_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="none").view_as(y)
+        n_labelled = (y != IGNORE).sum()
+        loss = tok_loss.sum() / n_labelled.clamp(min=1)
+        # Weighted by labelled positions, so the epoch mean is the loss over labelled positions only.
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True, batch_size=int(n_labelled))
+        self.val_stats.update(tok_loss, logits, y, batch[2] if len(batch) > 2 else None)
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_stats.reduce(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         # One pass gives both the pre-clip global norm (a stability metric) and the clipping itself.

@@ -87,6 +87,10 @@ RUN_COLUMNS: dict[str, str] = {
     "run_name": "TEXT",
     "train_tokens_per_s_p10": "REAL",
     "train_tokens_per_s_p90": "REAL",
+    # Recall and position (data=mqar, docs/metrics.md): JSON lists in TEXT columns keep the store plain rows.
+    "recall_acc": "REAL",
+    "recall_acc_by_segment": "TEXT",
+    "val_loss_by_pos": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

@@ -57,17 +57,19 @@ log = logging.getLogger("gqa_sweep")
 OWN_TRAINER_KEYS = ("ckpt_every_n_steps", "compile", "num_threads")
 
 
-def make_datamodule(cfg: DictConfig):
+def make_datamodule(cfg: DictConfig, prepare: bool = True):
     """Build and prepare the data (tokenize or load from cache); bad data is a ConfigError."""
-    from gqa_sweep.data import CorpusDataModule, DataError
+    from gqa_sweep.data import CorpusDataModule, DataError, MQARDataModule
 
     d = OmegaConf.to_container(cfg.data, resolve=True)
     if d.get("path"):
         d["path"] = to_absolute_path(d["path"])
     d["cache_dir"] = to_absolute_path(d["cache_dir"])
+    cls = MQARDataModule if d.get("source") == "mqar" else CorpusDataModule
     try:
-        dm = CorpusDataModule(**d, seed=int(cfg.seed), max_steps=max(1, max_steps_of(resolved(cfg))))
-        dm.prepare()
+        dm = cls(**d, seed=int(cfg.seed), max_steps=max(1, max_steps_of(resolved(cfg))))
+        if prepare:
+            dm.prepare()
     except DataError as e:
         raise ConfigError(str(e)) from None
     return dm
@@ -319,6 +321,8 @@ def run(cfg: DictConfig) -> dict:
             if not diverged:
                 val_loss = trainer.validate(module, datamodule=dm, verbose=False)[0]["val_loss"]
         row = {**base, **summary, **finish_measurements(cfg, module, dm, trainer, summary)}
+        if not diverged:  # loss by position bucket; MQAR: recall accuracy overall and per test segment
+            row.update(module.val_stats.row(getattr(dm, "test_segments", None)))
         row.update(
             status="diverged" if diverged else "completed",
             val_loss=val_loss,

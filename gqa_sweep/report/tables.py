@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from gqa_sweep.report import stability
+from gqa_sweep.report import recall
 from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
 
 NOT_MEASURED = "not measured"
@@ -209,6 +210,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
         "lr_sensitivity": lr_sensitivity_table(plain),
         "conversion": conversion_table(runs, all_runs),
         **stability.stability_tables(runs),
+        **recall.recall_tables(runs),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -301,6 +303,10 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "conversion": display_conversion,
     **stability.DISPLAY,
 }
+# The recall table (data=mqar) is built and shown by report/recall.py.
+TITLES.update(recall.TITLES)
+NOTES.update(recall.NOTES)
+DISPLAY.update(recall.DISPLAY)
 
 
 def to_markdown(name: str, table: pd.DataFrame) -> str:
