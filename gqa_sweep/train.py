@@ -242,7 +242,8 @@ def run(cfg: DictConfig) -> dict:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    hf_tokenizer(dm.tokenizer).save(str(run_dir / "tokenizer.json"))  # gqa-export ships it with the model
+    if getattr(dm, "tokenizer", None) is not None:  # text runs; MQAR's ids are synthetic, with no text
+        hf_tokenizer(dm.tokenizer).save(str(run_dir / "tokenizer.json"))  # gqa-export ships it with the model
     ckpt = run_dir / "last.ckpt"
     metrics = RunMetrics(
         tokens_per_step=B * T,
