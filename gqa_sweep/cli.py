@@ -15,11 +15,13 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # lightning vs torch 2.13 pytree deprecation
     from gqa_sweep.train import run  # heavy: torch, Lightning
 
+    # After the import: lightning.pytorch sets its own logger to INFO when first imported (a joblib or
+    # submitit worker imports it here), which would print its tips in every job's log.
+    for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     run(cfg)
 
 

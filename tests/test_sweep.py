@@ -116,6 +116,7 @@ def test_joblib_launcher_lands_every_row(tmp_path: Path) -> None:
     assert sorted(runs.n_kv_heads) == [1, 2, 4, 8]  # model.n_kv_heads=all (the default) for H=8
     assert set(runs.status) == {"completed"}
     assert "sweep summary: 4 runs" in proc.stdout
+    assert "Tip:" not in proc.stdout + proc.stderr  # Lightning's INFO tips stay out of the workers' logs
 
 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
