@@ -209,13 +209,10 @@ def validate(cfg: DictConfig) -> None:
 
 
 def validate_decode(cfg: DictConfig) -> None:
-    m, block = cfg.metrics, cfg.data.block_size
+    m = cfg.metrics
     for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
         if not isinstance(m[key], int) or m[key] < 1:
             raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
-    if m.decode_new_tokens >= block:
-        raise ConfigError(f"metrics.decode_new_tokens={m.decode_new_tokens} must be below data.block_size={block} "
-                          f"(the prompt needs >= 1 token); e.g. metrics.decode_new_tokens={max(1, block // 2)}")
     if m.get("decode_fill_cache", False) not in (True, False):
         raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
 

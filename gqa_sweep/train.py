@@ -356,15 +356,17 @@ def run(cfg: DictConfig) -> dict:
         finish_wandb(loggers, row)
 
 
-def decode_shape(cfg: DictConfig) -> tuple[int, int]:
-    """(batch, context) of the per-run decode: context = tokens cached when the last new token is computed.
+def decode_plan(cfg: DictConfig) -> tuple[int, int, int]:
+    """(batch, prompt, new tokens) of the per-run decode; the cache ends holding prompt + new tokens.
 
-    metrics.decode_fill_cache=true grows the prompt so the cache ends full (context = block_size): the
-    cache-bound setting where fewer KV heads pay off; otherwise prompt + new tokens, capped at block_size.
+    New tokens are capped at half the block, so the default 64 also fits a short block (e.g. MQAR's 64).
+    metrics.decode_fill_cache=true grows the prompt so the cache ends full (block_size tokens): the
+    cache-bound setting where fewer KV heads pay off; otherwise the prompt is metrics.decode_prompt_tokens.
     """
-    block, new = int(cfg.data.block_size), int(cfg.metrics.decode_new_tokens)
-    prompt = block - new if cfg.metrics.get("decode_fill_cache", False) else int(cfg.metrics.decode_prompt_tokens)
-    return int(cfg.metrics.decode_batch), min(prompt + new, block)
+    block, m = int(cfg.data.block_size), cfg.metrics
+    new = min(int(m.decode_new_tokens), max(1, block // 2))
+    prompt = block - new if m.get("decode_fill_cache", False) else min(int(m.decode_prompt_tokens), block - new)
+    return int(m.decode_batch), prompt, new
 
 
 def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary: dict) -> dict:
@@ -383,15 +385,15 @@ def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary:
         "kv_dtype": kv_dtype,
         "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
         "decode_tokens_per_s": math.nan,
-        **dict(zip(("decode_batch", "decode_context"), decode_shape(cfg))),
+        "decode_batch": decode_plan(cfg)[0],
+        "decode_context": sum(decode_plan(cfg)[1:]),
     }
     if summary["diverged_step"] is None and trainer.is_global_zero:
         # Decode as it would be served: weights and cache in the training compute dtype.
         torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kv_dtype]
         infer = copy.deepcopy(model).to(device=device, dtype=torch_dtype)
-        batch, context = decode_shape(cfg)
-        new = int(cfg.metrics.decode_new_tokens)
-        prompt = dm.sample_prompt(batch, context - new).to(device)
+        batch, prompt_tokens, new = decode_plan(cfg)
+        prompt = dm.sample_prompt(batch, prompt_tokens).to(device)
         out["decode_tokens_per_s"] = decode_tokens_per_s(infer, prompt, new)
     return out
 

@@ -37,7 +37,6 @@ def test_row_records_decode_batch_and_context_and_fill_cache_fills_it(tiny_sweep
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("metrics.decode_new_tokens=32", "metrics.decode_new_tokens=32 must be below data.block_size=32"),
         ("metrics.decode_batch=0", "metrics.decode_batch=0 must be a positive integer"),
         ("metrics.decode_fill_cache=maybe", "metrics.decode_fill_cache=maybe must be true or false"),
     ],
@@ -47,3 +46,23 @@ def test_bad_decode_settings_fail_before_training(override: str, message: str, t
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / "results" / "runs.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    "block, new, prompt, fill, expected",
+    [
+        (128, 64, 16, False, (8, 16, 64)),  # the defaults: 16-token prompt, 64 new tokens
+        (64, 64, 16, False, (8, 16, 32)),  # new tokens capped at half the block (MQAR's default block)
+        (64, 64, 16, True, (8, 32, 32)),  # fill: the cache ends holding block_size tokens
+        (32, 8, 30, False, (8, 24, 8)),  # a long prompt shrinks to fit the block
+    ],
+)
+def test_decode_plan_fits_the_block(block: int, new: int, prompt: int, fill: bool, expected: tuple) -> None:
+    from omegaconf import OmegaConf
+
+    from gqa_sweep.train import decode_plan
+
+    cfg = OmegaConf.create({"data": {"block_size": block}, "metrics": {
+        "decode_batch": 8, "decode_new_tokens": new, "decode_prompt_tokens": prompt, "decode_fill_cache": fill}})
+    assert decode_plan(cfg) == expected
+    assert sum(decode_plan(cfg)[1:]) <= block

@@ -40,4 +40,4 @@ def test_notebook_executes_on_a_real_sweep(tiny_sweep: Path, monkeypatch) -> Non
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 5
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 6  # 5 ablation plots + loss vs position
