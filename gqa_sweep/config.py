@@ -84,6 +84,10 @@ class ModelConfig:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
 
     @property
+    def kv_heads_per_layer(self) -> list[int]:
+        return [self.n_kv_heads] * self.n_layers
+
+    @property
     def group_size(self) -> int:
         return self.n_heads // self.n_kv_heads
 
@@ -93,6 +97,32 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+PARAM_MATCH = ("none", "ffn")
+MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target count by at most 0.25 %
+
+
+def non_embedding_params(cfg: ModelConfig) -> int:
+    """DecoderLM.num_params(non_embedding=True) from the shape alone (the token embedding is a lookup)."""
+    d, D, H = cfg.d_model, cfg.d_head, cfg.n_heads
+    per_layer_fixed = 2 * d + 2 * H * D * d + 3 * d * cfg.d_ff + (2 * D if cfg.qk_norm else 0)
+    kv = sum(2 * G * D * d for G in cfg.kv_heads_per_layer)
+    return cfg.n_layers * per_layer_fixed + kv + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
+
+
+def matched_d_ff(cfg: ModelConfig) -> int:
+    """The d_ff giving `cfg` the non-embedding parameter count of its G=H (MHA) twin, as Llama 2 and Shazeer
+    widen the FFN of GQA/MQA models. Rounded to a multiple of 32 when that lands within 0.25 % of the target,
+    else of 8, else to the nearest integer (then within 3 * d_model * n_layers / 2 parameters)."""
+    mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads}))
+    per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff
+    exact = cfg.d_ff + (mha - non_embedding_params(cfg)) / per_unit
+    for multiple in (32, 8):
+        d_ff = max(multiple, multiple * round(exact / multiple))
+        if abs(d_ff - exact) * per_unit <= MATCH_TOLERANCE * mha:
+            return d_ff
+    return max(1, round(exact))
 
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
@@ -139,6 +169,8 @@ def run_name(cfg: dict) -> str:
     name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
     if m.get("qk_norm"):
         name += "-qknorm"
+    if m.get("param_match", "none") != "none":
+        name += f"-match{m['param_match']}"
     if cfg["optim"].get("z_loss"):
         name += f"-z{cfg['optim']['z_loss']:g}"
     if cfg["init"]["method"] != "scratch" or cfg["init"].get("alpha") is not None:
@@ -149,8 +181,15 @@ def run_name(cfg: dict) -> str:
 
 
 def model_config(cfg: dict, vocab_size: int) -> dict:
-    m = {k: v for k, v in cfg["model"].items() if k != "name"}
-    return {**m, "vocab_size": vocab_size}
+    """ModelConfig's fields from a run's config; `param_match=ffn` resolves to the matched d_ff here."""
+    m = {k: v for k, v in cfg["model"].items() if k not in ("name", "param_match")}
+    m["vocab_size"] = vocab_size
+    match = cfg["model"].get("param_match", "none")
+    if match not in PARAM_MATCH:
+        raise ValueError(f"param_match={match!r}; choose from {', '.join(PARAM_MATCH)}")
+    if match == "ffn":
+        m["d_ff"] = matched_d_ff(ModelConfig(**m))
+    return m
 
 
 def max_steps_of(cfg: dict) -> int:

@@ -91,6 +91,9 @@ RUN_COLUMNS: dict[str, str] = {
     "recall_acc": "REAL",
     "recall_acc_by_segment": "TEXT",
     "val_loss_by_pos": "TEXT",
+    # Parameter matching (model.param_match): the FFN width used, and how it was chosen (none | ffn).
+    "d_ff": "INTEGER",
+    "param_match": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

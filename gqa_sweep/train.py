@@ -288,6 +288,8 @@ def run(cfg: DictConfig) -> dict:
         "n_layers": cfg.model.n_layers,
         "d_model": cfg.model.d_model,
         "d_head": module.model.cfg.d_head,
+        "d_ff": module.model.cfg.d_ff,
+        "param_match": cfg.model.get("param_match", "none"),
         "vocab_size": dm.vocab_size_actual,
         "n_params": module.model.num_params(),
         "n_params_non_embedding": module.model.num_params(non_embedding=True),
