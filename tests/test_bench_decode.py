@@ -33,6 +33,7 @@ def test_decode_table(decode):
         assert df[f"{impl}_GBps"].tolist() == pytest.approx((per_token * B / step / 1e9).tolist(), rel=1e-9)
     assert df["folded_over_hf"].tolist() == pytest.approx((df["folded_tok_s"] / df["hf_tok_s"]).tolist())
     assert df["folded_frac_of_copy"].tolist() == pytest.approx((df["folded_GBps"] / df["copy_GBps"]).tolist())
+    assert df["attn_hot_frac"].tolist() == pytest.approx((df["attn_hot_ms"] / df["attn_folded_ms"]).tolist())
     mha = df[df.G == 4].set_index("context")
     assert mha["folded_vs_mha"].tolist() == [1.0, 1.0] and mha["attn_vs_proportional"].tolist() == [1.0, 1.0]
     for _, row in df.iterrows():

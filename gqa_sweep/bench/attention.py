@@ -79,14 +79,24 @@ def decode_attention_fns(
     """One decode step's attention (one query token against `ctx` cached tokens of G heads), both ways.
 
     K/V are views of a longer (B, G, ctx + 1, d) buffer, as the model's cache is. "folded" is the model's
-    CPU decode call: q viewed as (B, G, H/G, d), no mask; "enable_gqa" is SDPA's own grouping.
+    CPU decode call: q viewed as (B, G, H/G, d), no mask; "enable_gqa" is SDPA's own grouping; "folded_hot" is the
+    folded call's arithmetic alone (its K/V stay cache-resident where one sequence's K/V fit in the CPU cache).
     """
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(batch, heads, 1, d_head, generator=g).to(env.device, env.dtype)
     k, v = (torch.randn(batch, groups, ctx + 1, d_head, generator=g).to(env.device, env.dtype) for _ in "kv")
     k, v = k[:, :, :ctx], v[:, :, :ctx]
     qf = q.view(batch, groups, heads // groups, d_head)
+
+    def folded_hot() -> torch.Tensor:
+        # The same work one sequence at a time, `batch` times over the same sequence: after the first call its
+        # K/V sit in the CPU cache, so this times the arithmetic (QK^T, softmax, PV over H heads) and little else.
+        for _ in range(batch):
+            y = F.scaled_dot_product_attention(qf[:1], k[:1], v[:1])
+        return y
+
     return {
         "folded": lambda: F.scaled_dot_product_attention(qf, k, v),
         "enable_gqa": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+        "folded_hot": folded_hot,
     }

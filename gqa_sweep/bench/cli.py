@@ -57,7 +57,10 @@ NOTES = {
     "bytes per step / step time; copy_GBps = measured 2 x bytes / time of a 512 MiB tensor.copy_ (read + write); "
     "folded_frac_of_copy = folded_GBps / copy_GBps; folded_hbm_frac = folded_GBps / datasheet HBM peak (NaN on "
     "CPU). attn_*_ms = one single-token SDPA call alone at (batch, H, context, d_head); attn_vs_proportional = "
-    "attn_folded_ms / (attn_folded_ms at G=H x G/H), 1 = proportional to G; "
+    "attn_folded_ms / (attn_folded_ms at G=H x G/H), 1 = proportional to G; attn_hot_ms = the folded call's "
+    "arithmetic: the same call one sequence at a time, `batch` times over one sequence whose K/V stay in the CPU "
+    "cache (where they fit: G x context x d_head x 8 bytes); attn_hot_frac = attn_hot_ms / attn_folded_ms, near 1 = "
+    "the call is bound by arithmetic, not by reading the cache, so it cannot shrink in proportion to G; "
     "folded_vs_mha = folded_tok_s / folded_tok_s at G=H.",
     "serve": "batch doubles from 1, then the largest batch (max_batch) whose weights (all parameters) + KV cache "
     "of `context` tokens per sequence fit in memory_bytes, as `gqa-kv --memory` computes it; the cache ends "

@@ -135,7 +135,9 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
                 copy_GBps=copy_bw / 1e9, folded_frac_of_copy=row["folded_GBps"] * 1e9 / copy_bw,
                 folded_hbm_frac=row["folded_GBps"] * 1e9 / peak_bandwidth(env.device_name),
                 attn_folded_ms=t[("attn_folded", G)][0] * 1e3, attn_enable_gqa_ms=t[("attn_enable_gqa", G)][0] * 1e3,
+                attn_hot_ms=t[("attn_folded_hot", G)][0] * 1e3,
             )  # fmt: skip
+            row["attn_hot_frac"] = row["attn_hot_ms"] / row["attn_folded_ms"]
             rows.append(row)
         if a.profile and ctx == max(a.context):
             H = max(models)
