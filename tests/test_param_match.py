@@ -50,19 +50,25 @@ def test_matched_width_rounding():
     assert matched_d_ff(_cfg(2, 128, 8, 1)) == 427  # exact 426.7: 416 misses by 2 %, 424 by 0.5 %
 
 
-def test_a_matched_run_records_its_width_and_mha_count(tmp_path):
+def test_a_fair_sweep_records_widths_and_reports_the_three_readings(tmp_path):
+    from gqa_sweep.report import main as report
     from gqa_sweep.results import load_runs
     from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"
-    proc = gqa_sweep("-m", *TINY, f"results_dir={results}", "model.n_kv_heads=1,8", "model.param_match=ffn", cwd=tmp_path)
+    proc = gqa_sweep("-m", *TINY, f"results_dir={results}", "model.n_kv_heads=1,8", "model.param_match=none,ffn",
+                     "optim.lr=3e-3,1e-2", "sweep=fair", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = load_runs(results).set_index("n_kv_heads")
-    assert list(rows.param_match) == ["ffn", "ffn"]
+    runs = load_runs(results)
+    assert len(runs) == 8
+    rows = runs[(runs.param_match == "ffn") & (runs.lr == 3e-3)].set_index("n_kv_heads")
     assert rows.run_name[1].endswith("-matchffn")
     mha, mqa = rows.n_params_non_embedding[8], rows.n_params_non_embedding[1]
     assert abs(mqa - mha) / mha <= 0.005
     assert rows.d_ff[1] > rows.d_ff[8] == 96  # tiny at d_model 32: 32 * ceil(85.3 / 32)
+    assert report([str(results), "--out", str(tmp_path / "report")]) == 0
+    fair = (tmp_path / "report" / "fair.md").read_text()
+    assert "matched params: Δ vs MHA" in fair and fair.count("| tiny ") == 2
 
 
 def test_an_unknown_matching_fails_in_one_line(tmp_path):

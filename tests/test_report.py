@@ -228,7 +228,9 @@ def test_lr_sensitivity_hand_checked(store_dir, capsys):
     ppl = [math.exp(2.8), math.exp(3.0)]
     mean, std = sum(ppl) / 2, abs(ppl[1] - ppl[0]) / math.sqrt(2)
     assert (ab["8"]["val ppl"], ab["8"]["best lr"], ab["1"]["best lr"]) == (
-        f"{mean:.2f} ± {std:.2f}", "0.003", "0.001")
+        f"{mean:.2f} ± {std:.2f}", "0.003", "0.001 ⚠ edge of the grid: widen it")  # 1e-3 is the lowest tried
+    assert t.best_lr_at_edge.to_dict() == {1: True, 8: False}
+    assert rows["1"]["best lr"].endswith("widen it") and rows["8"]["best lr"] == "0.003"
     g1_mean = (math.exp(3.5) + math.exp(3.7)) / 2  # mean of ppl, not exp of the mean loss
     assert ab["1"]["Δ ppl vs MHA"] == f"{(g1_mean / mean - 1) * 100:+.2f}%"
 

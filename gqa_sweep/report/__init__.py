@@ -1,7 +1,13 @@
 """The report: results store -> ablation tables (Markdown, LaTeX, CSV) and plots; `gqa-report` is `cli.main`."""
 
 from gqa_sweep.report.cli import main
-from gqa_sweep.report.load import ReportError, load_results, load_wandb, prepare, select_sweep
+from gqa_sweep.report.load import (
+    ReportError,
+    load_results,
+    load_wandb,
+    prepare,
+    select_sweep,
+)
 from gqa_sweep.report.plots import (
     make_plots,
     plot_decode_vs_g,

@@ -11,12 +11,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
-from gqa_sweep.results import load_history
-from gqa_sweep.report.load import FORMATS, ReportError, load_results, load_wandb, select_sweep
-from gqa_sweep.report.tables import build_tables, to_markdown, write_tables
+from gqa_sweep.report.load import (
+    FORMATS,
+    ReportError,
+    load_results,
+    load_wandb,
+    select_sweep,
+)
 from gqa_sweep.report.plots import make_plots, write_plots
-
+from gqa_sweep.report.tables import build_tables, to_markdown, write_tables
+from gqa_sweep.results import load_history
 
 # ------------------------------------------------------------------------------------------------- CLI
 

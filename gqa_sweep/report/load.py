@@ -11,7 +11,6 @@ import pandas as pd
 
 from gqa_sweep.results import DB_NAME, RUN_COLUMNS, STATUSES, load_runs
 
-
 DASH = "—"
 METHODS = ("mha_mean", "mha_first", "mha_random", "scratch")
 # The sweep config spells methods `mean|first|random`; the report labels them as the GQA paper does.
@@ -98,6 +97,11 @@ def prepare(runs: pd.DataFrame) -> pd.DataFrame:
             df[c] = pd.to_numeric(df[c], errors="coerce")
     derived = "L" + df.n_layers.astype("Int64").astype(str) + "-d" + df.d_model.astype("Int64").astype(str)
     label = df.model_name.astype(object).where(df.model_name.notna(), derived).astype(str)
+    # Runs widened to MHA's parameter count are another model: their cells never mix with the plain ones.
+    match = df.param_match if "param_match" in df else pd.Series(None, index=df.index, dtype=object)
+    df["param_match"] = match.astype(object).where(match.notna(), "none")
+    df["base_model"] = label
+    label = label.where(df.param_match == "none", label + " (params matched: " + df.param_match.astype(str) + ")")
     order = df.assign(model=label).groupby("model").n_params.median().sort_values(na_position="last").index
     df["model"] = pd.Categorical(label, categories=list(order), ordered=True)
     df["init"] = df.init.astype(object).where(df.init.notna(), "scratch").replace(_METHOD_ALIASES)

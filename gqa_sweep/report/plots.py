@@ -12,11 +12,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from gqa_sweep.report.load import prepare
-from gqa_sweep.report.stability import stability_plots
 from gqa_sweep.report.recall import recall_plots
+from gqa_sweep.report.stability import stability_plots
 from gqa_sweep.report.tables import is_conversion
-
-
 
 # ----------------------------------------------------------------------------------------------- plots
 

@@ -16,11 +16,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.report import stability
-from gqa_sweep.report import recall
-from gqa_sweep.report.load import DASH, METHODS, _DTYPE_BYTES, prepare
+from gqa_sweep.report import fair, recall, stability
+from gqa_sweep.report.cells import (
+    _counts,
+    _ppl_stats,
+    best_lr_at_edge,
+    best_lr_runs,
+    is_conversion,
+    loss_by_lr,
+    loss_init,
+)
+from gqa_sweep.report.load import _DTYPE_BYTES, DASH, METHODS, prepare
 
 NOT_MEASURED = "not measured"
+EDGE = "⚠ edge of the grid: widen it"
 
 
 TITLES = {
@@ -36,7 +45,10 @@ NOTES = {
         "KV % of MHA = 100·G/H, from KV bytes/token = 2·G·d_head·L·bytes (needs no MHA run). "
         "Δ ppl vs MHA: mean ppl relative to the mean ppl of the same model's G = H. "
         "Throughput: medians; grad-norm max: max over runs; loss spikes: mean count per run; all over "
-        "completed runs. A cell run at several learning rates is shown at its best lr (see LR sensitivity)."
+        "completed runs. A cell run at several learning rates is shown at its best lr (see LR sensitivity); "
+        f"\"{EDGE}\": that best lr is the lowest or highest lr tried, so a better one may lie outside the grid. "
+        "\"(params matched: ffn)\": runs with d_ff widened to the MHA model's non-embedding parameter count "
+        "(model.param_match=ffn), a model of their own whose Δ is taken against its G = H run (else the plain one's)."
     ),
     "lr_sensitivity": (
         "loss(lr): final val loss, mean over seeds, a diverged or failed run counting as loss_init = ln V "
@@ -57,41 +69,6 @@ NOTES = {
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def loss_init(cell: pd.DataFrame) -> float:
-    """Loss of a uniform predictor, ln V: what a diverged or failed run counts as."""
-    v = cell.vocab_size.median()
-    return math.log(v) if v > 0 else math.nan
-
-
-def loss_by_lr(cell: pd.DataFrame) -> pd.Series:
-    """Final val loss per lr, mean over seeds, with diverged/failed runs counted as ln V."""
-    per_run = cell.val_loss.where(cell.status == "completed", loss_init(cell))
-    return per_run.groupby(cell.lr).mean().sort_index()
-
-
-def best_lr_runs(cell: pd.DataFrame) -> pd.DataFrame:
-    """The runs of the cell's best lr (lowest `loss_by_lr`); the cell itself if it has one lr."""
-    if cell.lr.nunique() <= 1:
-        return cell
-    losses = loss_by_lr(cell).dropna()
-    return cell if losses.empty else cell[cell.lr == losses.idxmin()]
-
-
-def _counts(cell: pd.DataFrame) -> dict:
-    status = cell.status.value_counts()
-    return {
-        "n_completed": int(status.get("completed", 0)),
-        "n_runs": len(cell),
-        "n_diverged": int(status.get("diverged", 0)),
-        "n_failed": int(status.get("failed", 0)),
-    }
-
-
-def _ppl_stats(done: pd.DataFrame) -> dict:
-    # std ddof=1 is NaN for a single run: shown as "± —", never as a fake 0.
-    return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1)}
-
-
 def _kv_bytes(cell: pd.DataFrame) -> float:
     measured = cell.kv_bytes_per_token.median()
     if not math.isnan(measured):
@@ -102,17 +79,13 @@ def _kv_bytes(cell: pd.DataFrame) -> float:
     return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
 
 
-def is_conversion(df: pd.DataFrame) -> pd.Series:
-    return (df.init != "scratch") | df.alpha.notna()
-
-
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Raw numeric ablation table: one row per (model, G) of the from-scratch runs, ordered by size then G."""
     df = prepare(runs)
     df = df[~is_conversion(df)]
     rows = []
     for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
-        multi_lr = cell.lr.nunique() > 1
+        multi_lr, at_edge = cell.lr.nunique() > 1, best_lr_at_edge(cell)
         cell = best_lr_runs(cell)
         done = cell[cell.status == "completed"]
         rows.append({
@@ -129,16 +102,28 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
             "loss_spikes_mean": done.loss_spikes.mean(),
             "lr": cell.lr.iloc[0] if cell.lr.nunique() == 1 else math.nan,
             "lr_selected": multi_lr,
+            "best_lr_at_edge": at_edge,
+            "param_match": cell.param_match.iloc[0],
+            "d_ff": cell.d_ff.median() if "d_ff" in cell else math.nan,
+            "base_model": cell.base_model.iloc[0],
         })
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    mha = table[table.G == table.n_heads].set_index("model").val_ppl_mean
     table.insert(
         table.columns.get_loc("val_ppl_std") + 1, "delta_ppl_vs_mha_pct",
-        100.0 * (table.val_ppl_mean / table.model.map(mha).astype(float) - 1.0),
+        100.0 * (table.val_ppl_mean / mha_ppl(table) - 1.0),
     )
-    return table
+    return table.drop(columns="base_model")
+
+
+def mha_ppl(table: pd.DataFrame) -> pd.Series:
+    """Each row's MHA reference: G = H of the same model; a parameter-matched model without its own G = H run
+    uses the plain model's (matching widens nothing at G = H)."""
+    mha = table[table.G == table.n_heads]
+    own = table.model.map(mha.set_index("model").val_ppl_mean)
+    plain = mha[mha.param_match == "none"].set_index("base_model").val_ppl_mean
+    return own.astype(float).fillna(table.base_model.map(plain).astype(float))
 
 
 def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +144,7 @@ def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
             "best_lr": capped.idxmin() if capped.notna().any() else math.nan,
             "best_loss": capped.min(),
             "loss_init": l0,
+            "best_lr_at_edge": best_lr_at_edge(cell),
             "lr_sensitivity": (capped - capped.min()).mean(),
             "n_lrs": len(capped),
             **_counts(cell),
@@ -211,6 +197,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
         "conversion": conversion_table(runs, all_runs),
         **stability.stability_tables(runs),
         **recall.recall_tables(runs),
+        **fair.fair_tables(runs),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -263,8 +250,15 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
     })
     if t.lr_selected.any():
-        out["best lr"] = t.lr.map(lambda x: _num(x, "g"))
+        out["best lr"] = [_best_lr(x, edge) for x, edge in zip(t.lr, t.best_lr_at_edge)]
+    if (t.param_match != "none").any():
+        out.insert(4, "d_ff", t.d_ff.map(lambda x: _num(x, ".0f")))
     return out
+
+
+
+def _best_lr(lr: float, at_edge: bool) -> str:
+    return _num(lr, "g") + (f" {EDGE}" if at_edge else "")
 
 
 def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
@@ -273,7 +267,7 @@ def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
     for c in lr_cols:
         out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: _num(x, ".3f"))
     return out.assign(**{
-        "best lr": t.best_lr.map(lambda x: _num(x, "g")),
+        "best lr": [_best_lr(x, edge) for x, edge in zip(t.best_lr, t.best_lr_at_edge)],
         "LR sensitivity": t.lr_sensitivity.map(lambda x: _num(x, ".3f")),
         "loss_init (ln V)": t.loss_init.map(lambda x: _num(x, ".3f")),
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
@@ -304,9 +298,10 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-TITLES.update(recall.TITLES)
-NOTES.update(recall.NOTES)
-DISPLAY.update(recall.DISPLAY)
+for _module in (recall, fair):
+    TITLES.update(_module.TITLES)
+    NOTES.update(_module.NOTES)
+    DISPLAY.update(_module.DISPLAY)
 
 
 def to_markdown(name: str, table: pd.DataFrame) -> str:

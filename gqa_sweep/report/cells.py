@@ -1,0 +1,55 @@
+"""Cells of the report's tables: the runs of one (model, G), their best lr and their statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def loss_init(cell: pd.DataFrame) -> float:
+    """Loss of a uniform predictor, ln V: what a diverged or failed run counts as."""
+    v = cell.vocab_size.median()
+    return math.log(v) if v > 0 else math.nan
+
+
+def loss_by_lr(cell: pd.DataFrame) -> pd.Series:
+    """Final val loss per lr, mean over seeds, with diverged/failed runs counted as ln V."""
+    per_run = cell.val_loss.where(cell.status == "completed", loss_init(cell))
+    return per_run.groupby(cell.lr).mean().sort_index()
+
+
+def best_lr_runs(cell: pd.DataFrame) -> pd.DataFrame:
+    """The runs of the cell's best lr (lowest `loss_by_lr`); the cell itself if it has one lr."""
+    if cell.lr.nunique() <= 1:
+        return cell
+    losses = loss_by_lr(cell).dropna()
+    return cell if losses.empty else cell[cell.lr == losses.idxmin()]
+
+
+def best_lr_at_edge(cell: pd.DataFrame) -> bool:
+    """The best lr is the lowest or highest of a tuned grid (>= 2 lrs): the optimum may lie outside it."""
+    lrs = cell.lr.dropna().unique()
+    if len(lrs) < 2:
+        return False
+    best = best_lr_runs(cell).lr.iloc[0]
+    return bool(best in (lrs.min(), lrs.max()))
+
+
+def _counts(cell: pd.DataFrame) -> dict:
+    status = cell.status.value_counts()
+    return {
+        "n_completed": int(status.get("completed", 0)),
+        "n_runs": len(cell),
+        "n_diverged": int(status.get("diverged", 0)),
+        "n_failed": int(status.get("failed", 0)),
+    }
+
+
+def _ppl_stats(done: pd.DataFrame) -> dict:
+    # std ddof=1 is NaN for a single run: shown as "± —", never as a fake 0.
+    return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1)}
+
+
+def is_conversion(df: pd.DataFrame) -> pd.Series:
+    return (df.init != "scratch") | df.alpha.notna()
