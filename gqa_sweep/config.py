@@ -26,6 +26,19 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
+def _check_kv_heads(G, H: int, layer: int | None = None) -> None:
+    """G must divide H; a per-layer list's message names the layer (`n_kv_heads[2]`)."""
+    name = "n_kv_heads" if layer is None else f"n_kv_heads[{layer}]"
+    where = "" if layer is None else f"layer {layer}: "
+    choose = f"choose {name} from {', '.join(map(str, divisors(H)))}"
+    if not isinstance(G, int) or isinstance(G, bool) or G <= 0:
+        raise ValueError(f"{where}{name}={G!r} must be a positive integer; {choose} (divisors of n_heads={H})")
+    if G > H:
+        raise ValueError(f"{where}{name}={G} is larger than n_heads={H}; {choose} (G=1 is MQA, G={H} is MHA)")
+    if H % G:
+        raise ValueError(f"{where}n_heads={H} is not divisible by {name}={G}; {choose}")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -33,7 +46,7 @@ class ModelConfig:
     n_layers: int
     d_model: int
     n_heads: int
-    n_kv_heads: int
+    n_kv_heads: int | list[int]  # G, or one G per layer (e.g. [4, 2, 1, 1]); a list of equal G means that G
     d_head: int | None = None  # None: d_model // n_heads; set it to hold head size fixed across a sweep
     d_ff: int | None = None  # None: SwiGLU width ~8/3 d_model, rounded up to a multiple of 32
     rope_theta: float = 10000.0
@@ -48,21 +61,17 @@ class ModelConfig:
         for name in ("vocab_size", "block_size", "n_layers", "d_model", "n_heads"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if not isinstance(G, int) or G <= 0:
-            raise ValueError(
-                f"n_kv_heads={G!r} must be a positive integer; choose n_kv_heads from "
-                f"{', '.join(map(str, divisors(H)))} (divisors of n_heads={H})"
-            )
-        if G > H:
-            raise ValueError(
-                f"n_kv_heads={G} is larger than n_heads={H}; choose n_kv_heads from "
-                f"{', '.join(map(str, divisors(H)))} (G=1 is MQA, G={H} is MHA)"
-            )
-        if H % G:
-            raise ValueError(
-                f"n_heads={H} is not divisible by n_kv_heads={G}; choose n_kv_heads from "
-                f"{', '.join(map(str, divisors(H)))}"
-            )
+        if isinstance(G, (list, tuple)):
+            if len(G) != self.n_layers:
+                raise ValueError(
+                    f"n_kv_heads={list(G)} has {len(G)} entries but n_layers={self.n_layers}; give one G per layer"
+                )
+            for i, g in enumerate(G):
+                _check_kv_heads(g, H, layer=i)
+            # A list of one G is the uniform model: the same module shapes, the same row.
+            self.n_kv_heads = G = G[0] if len(set(G)) == 1 else list(G)
+        else:
+            _check_kv_heads(G, H)
         if self.d_head is None:
             if self.d_model % H or self.d_model // H % 2:
                 why = "is not divisible by" if self.d_model % H else "gives an odd d_head (RoPE needs it even) with"
@@ -85,15 +94,26 @@ class ModelConfig:
 
     @property
     def kv_heads_per_layer(self) -> list[int]:
-        return [self.n_kv_heads] * self.n_layers
+        G = self.n_kv_heads
+        return list(G) if isinstance(G, list) else [G] * self.n_layers
 
     @property
-    def group_size(self) -> int:
-        return self.n_heads // self.n_kv_heads
+    def uniform(self) -> bool:
+        return not isinstance(self.n_kv_heads, list)
+
+    @property
+    def kv_layout(self) -> str:
+        """G of each layer, comma-joined ("2,2" uniform, "4,2,1,1" front-loaded): the row's `kv_layout`."""
+        return ",".join(map(str, self.kv_heads_per_layer))
+
+    @property
+    def group_size(self) -> int | None:
+        """H / G; None for a per-layer layout (each layer has its own)."""
+        return self.n_heads // self.n_kv_heads if self.uniform else None
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
-        """Bytes of K and V cache one token occupies across all layers: 2 * G * d_head * L * bytes."""
-        return 2 * self.n_kv_heads * self.d_head * self.n_layers * bytes_per_element
+        """Bytes of K and V cache one token occupies across all layers: 2 * sum_l G_l * d_head * bytes."""
+        return 2 * sum(self.kv_heads_per_layer) * self.d_head * bytes_per_element
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,7 +186,12 @@ def run_id_of(cfg: dict) -> str:
 
 def run_name(cfg: dict) -> str:
     m = cfg["model"]
-    name = f"H{m['n_heads']}-G{m['n_kv_heads']}-s{cfg['seed']}"
+    G = m["n_kv_heads"]
+    if isinstance(G, list):  # a per-layer layout: H8-G4.2.1.1-s0 (a list of one G is that G)
+        G = G[0] if len(set(G)) == 1 else ".".join(map(str, G))
+    name = f"H{m['n_heads']}-G{G}-s{cfg['seed']}"
+    if m.get("d_head") is not None:  # a head size other than d_model / H
+        name += f"-dh{m['d_head']}"
     if m.get("qk_norm"):
         name += "-qknorm"
     if m.get("param_match", "none") != "none":

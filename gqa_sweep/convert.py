@@ -33,17 +33,25 @@ def check_method(method: str) -> None:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def check_groups(model: DecoderLM, groups: int) -> None:
-    """G must divide the source's KV-head count G0: each new head pools a contiguous run of G0/G heads."""
-    H, G0 = model.cfg.n_heads, model.cfg.n_kv_heads
-    valid = ", ".join(map(str, divisors(G0)))
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
-        raise ValueError(f"groups={groups!r} must be a positive integer; choose groups from {valid}")
-    if G0 % groups:
-        raise ValueError(
-            f"groups={groups} does not divide the checkpoint's {G0} KV heads (n_heads={H}); "
-            f"choose groups from {valid}"
-        )
+def check_groups(model: DecoderLM, groups: int | list[int]) -> list[int]:
+    """G must divide the source's KV-head count G0 (per layer): each new head pools a contiguous run of G0/G
+    heads. `groups` is one G for every layer or a list with one G per layer; returns the per-layer list."""
+    cfg = model.cfg
+    per_layer = groups if isinstance(groups, list) else [groups] * cfg.n_layers
+    if len(per_layer) != cfg.n_layers:
+        raise ValueError(f"groups={groups} has {len(per_layer)} entries but the checkpoint has {cfg.n_layers} layers; "
+                         "give one G per layer")  # fmt: skip
+    for layer, (g, G0) in enumerate(zip(per_layer, cfg.kv_heads_per_layer)):
+        name = f"groups[{layer}]" if isinstance(groups, list) else "groups"
+        where = f"layer {layer}: " if isinstance(groups, list) else ""
+        choose = f"choose {name} from {', '.join(map(str, divisors(G0)))}"
+        if not isinstance(g, int) or isinstance(g, bool) or g <= 0:
+            raise ValueError(f"{where}{name}={g!r} must be a positive integer; {choose}")
+        if G0 % g:
+            raise ValueError(
+                f"{where}{name}={g} does not divide the checkpoint's {G0} KV heads (n_heads={cfg.n_heads}); {choose}"
+            )
+    return per_layer
 
 
 def pool_heads(weight: torch.Tensor, groups: int, d_head: int, method: str) -> torch.Tensor:
@@ -55,23 +63,24 @@ def pool_heads(weight: torch.Tensor, groups: int, d_head: int, method: str) -> t
     return heads.float().mean(dim=1).to(weight.dtype).reshape(-1, weight.shape[-1])
 
 
-def convert_model(model: DecoderLM, groups: int, method: str, seed: int = 0) -> DecoderLM:
-    """A new DecoderLM with `groups` KV heads whose K/V projections are built from `model`'s by `method`."""
+def convert_model(model: DecoderLM, groups: int | list[int], method: str, seed: int = 0) -> DecoderLM:
+    """A new DecoderLM with `groups` KV heads (or groups[l] in layer l) whose K/V projections are built from
+    `model`'s by `method`."""
     check_method(method)
-    check_groups(model, groups)
+    per_layer = check_groups(model, groups)
     cfg = model.cfg
     ref = model.embed.weight
     state = model.state_dict()
     gen = torch.Generator().manual_seed(seed)
-    for i in range(cfg.n_layers):
+    for i, g in enumerate(per_layer):
         for proj in ("k_proj", "v_proj"):
             key = f"layers.{i}.attn.{proj}.weight"
             w = state[key]
             if method == "random":
-                shape = (groups * cfg.d_head, w.shape[1])
+                shape = (g * cfg.d_head, w.shape[1])
                 state[key] = (torch.randn(shape, generator=gen) * cfg.init_std).to(w.dtype)
             else:
-                state[key] = pool_heads(w, groups, cfg.d_head, method)
+                state[key] = pool_heads(w, g, cfg.d_head, method)
     # Building a DecoderLM draws its init from the global RNG; the caller's stream should not move.
     with torch.random.fork_rng(devices=[]):
         new = DecoderLM(replace(cfg, n_kv_heads=groups))
@@ -144,11 +153,20 @@ def summary(src: DecoderLM, new: DecoderLM, method: str, out: Path, kv_dtype: tu
     c0, c1 = src.cfg, new.cfg
     name, nbytes = kv_dtype
     return (
-        f"H={c0.n_heads}, G {c0.n_kv_heads} -> {c1.n_kv_heads} ({method}): "
+        f"H={c0.n_heads}, G {c0.kv_layout if not c0.uniform else c0.n_kv_heads} -> "
+        f"{c1.kv_layout if not c1.uniform else c1.n_kv_heads} ({method}): "
         f"params {src.num_params():,} -> {new.num_params():,}, "
         f"KV bytes/token ({name}) {c0.kv_bytes_per_token(nbytes):,} -> {c1.kv_bytes_per_token(nbytes):,}; "
         f"wrote {out}"
     )
+
+
+def _groups(text: str) -> int | list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give G (e.g. 2) or one G per layer (e.g. 4,2,1,1)") from None
+    return values[0] if len(values) == 1 else values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "(Ainslie et al. 2023). Uptrain the result briefly to recover quality.",
     )
     p.add_argument("checkpoint", help="model.pt, Lightning .ckpt, or Hugging Face Llama directory")
-    p.add_argument("--groups", "-g", type=int, required=True, help="KV heads G of the new model (divides the source's)")
+    p.add_argument("--groups", "-g", type=_groups, required=True,
+                   help="KV heads G of the new model (divides the source's), or one G per layer: 4,2,1,1")  # fmt: skip
     p.add_argument("--method", default="mean", metavar="{" + ",".join(METHODS) + "}", help="default: mean")
     p.add_argument("--out", "-o", required=True, help="output model.pt")
     p.add_argument("--seed", type=int, default=0, help="seed for --method random")

@@ -61,6 +61,11 @@ def hf_key(name: str) -> str:
 
 def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
     """The HF config of our model: Qwen3Config with qk_norm, else LlamaConfig (block_size -> max_position_embeddings)."""
+    if not cfg.uniform:
+        raise ValueError(
+            f"per-layer KV heads (n_kv_heads={cfg.kv_layout}) cannot be exported: Hugging Face Llama and Qwen3 have "
+            "a single num_key_value_heads for every layer; convert to one G first (gqa-convert --groups G)"
+        )
     common = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.d_model,

@@ -31,7 +31,7 @@ class Preset:
     name: str
     n_layers: int
     n_heads: int
-    n_kv_heads: int
+    n_kv_heads: int | list[int]  # a list: one G per layer (a custom shape only)
     d_head: int
     d_model: int
     n_params: int  # total parameters, embeddings and untied LM head included
@@ -117,8 +117,10 @@ def kv_table(
     n_kv_heads: int | None = None,
     memory_bytes: int | None = None,
     weights_bytes: int = 0,
+    layout: list[int] | None = None,
 ) -> pd.DataFrame:
-    """One row per G dividing n_heads: KV-cache size at (seq_len, batch_size) and the saving vs MHA.
+    """One row per G dividing n_heads: KV-cache size at (seq_len, batch_size) and the saving vs MHA; with
+    `layout` (one G per layer) a last row for that per-layer model, G = "4,2,1,1", own = True.
 
     Columns: G, group_size (H/G), kind, own (G == n_kv_heads, the model's own choice), bytes_per_token,
     kv_bytes, kv_GB (10^9), kv_GiB (2^30), saved_pct (vs G=H); with memory_bytes also max_batch, the
@@ -146,7 +148,27 @@ def kv_table(
         if memory_bytes is not None:
             row["max_batch"] = max_batch_size(memory_bytes, weights_bytes, g, d_head, n_layers, seq_len, nbytes)
         rows.append(row)
+    if layout is not None:
+        rows.append(_layout_row(layout, n_layers, n_heads, d_head, seq_len, batch_size, nbytes, memory_bytes,
+                                weights_bytes))  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _layout_row(layout: list[int], n_layers: int, n_heads: int, d_head: int, seq_len: int, batch_size: int,
+                nbytes: float, memory_bytes: int | None, weights_bytes: int) -> dict:  # fmt: skip
+    """A per-layer model caches sum_l G_l heads per token: the formula with G * n_layers -> sum_l G_l."""
+    if len(layout) != n_layers or any(g < 1 or n_heads % g for g in layout):
+        raise ValueError(f"layout={layout} must give one divisor of n_heads={n_heads} per layer ({n_layers} layers)")
+    heads = sum(layout)
+    total = kv_cache_bytes(heads, d_head, 1, seq_len, batch_size, nbytes)
+    row = {
+        "G": ",".join(map(str, layout)), "group_size": "per layer", "kind": "per-layer", "own": True,
+        "bytes_per_token": kv_cache_bytes(heads, d_head, 1, 1, 1, nbytes), "kv_bytes": total,
+        "kv_GB": total / 1e9, "kv_GiB": total / 2**30, "saved_pct": 100.0 * (1 - heads / (n_heads * n_layers)),
+    }
+    if memory_bytes is not None:
+        row["max_batch"] = max_batch_size(memory_bytes, weights_bytes, heads, d_head, 1, seq_len, nbytes)
+    return row
 
 
 def parse_bytes(text: str) -> int:
@@ -222,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     shape = p.add_argument_group("custom shape (instead of --preset; all four required)")
     shape.add_argument("--layers", type=_positive_int, help="decoder layers")
     shape.add_argument("--heads", type=_positive_int, help="query heads H")
-    shape.add_argument("--kv-heads", type=_positive_int, help="the model's own KV heads G (marked with *)")
+    shape.add_argument("--kv-heads", type=_kv_heads,
+                       help="the model's own KV heads G (marked with *), or one G per layer: 8,4,2,1")  # fmt: skip
     shape.add_argument("--head-dim", type=_positive_int, help="head size d_head")
     p.add_argument("--seq", type=_positive_int, default=4096, help="cached tokens per sequence (default 4096)")
     p.add_argument("--batch", type=_positive_int, default=1, help="sequences (default 1)")
@@ -248,9 +271,15 @@ def _resolve_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     missing = [d for d in SHAPE_FLAGS if getattr(args, d) is None]
     if missing:
         parser.error(f"custom shape is incomplete: add {' '.join(map(_flag, missing))}")
-    if args.heads % args.kv_heads:
-        parser.error(f"--kv-heads {args.kv_heads} does not divide --heads {args.heads}; "
-                     f"choose one of: {', '.join(map(str, divisors(args.heads)))}")
+    layout = args.kv_heads if isinstance(args.kv_heads, list) else [args.kv_heads]
+    if isinstance(args.kv_heads, list) and len(layout) != args.layers:
+        parser.error(f"--kv-heads {','.join(map(str, layout))} gives {len(layout)} layers' G but --layers is "
+                     f"{args.layers}; give one G per layer")
+    for i, g in enumerate(layout):
+        if args.heads % g:
+            where = f" (layer {i})" if len(layout) > 1 else ""
+            parser.error(f"--kv-heads {g}{where} does not divide --heads {args.heads}; "
+                         f"choose one of: {', '.join(map(str, divisors(args.heads)))}")
     return Preset("custom", args.layers, args.heads, args.kv_heads, args.head_dim,
                   args.heads * args.head_dim, n_params=0, source="command line")
 
@@ -298,7 +327,11 @@ def _header(shape: Preset, args: argparse.Namespace) -> str:
     nbytes = DTYPE_BYTES[args.dtype]
     return (f"{shape.name}: {shape.n_layers} layers, H={shape.n_heads} query heads, d_head={shape.d_head}; "
             f"seq {args.seq}, batch {args.batch}, {args.dtype} ({nbytes:g} bytes/element); "
-            f"* = the model's own G ({shape.n_kv_heads})")
+            f"* = the model's own G ({_g_label(shape.n_kv_heads)})")
+
+
+def _g_label(G: int | list[int]) -> str:
+    return ",".join(map(str, G)) + " per layer" if isinstance(G, list) else str(G)
 
 
 def _memory_notes(df: pd.DataFrame, memory_bytes: int, weights_bytes: int, seq: int) -> list[str]:
@@ -322,6 +355,11 @@ def _list_presets() -> str:
     return df.to_string(index=False)
 
 
+def _kv_heads(text: str) -> int | list[int]:
+    values = [_positive_int(v) for v in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `gqa-kv`; argument errors exit with status 2 (argparse)."""
     parser = build_parser()
@@ -331,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     shape = _resolve_shape(parser, args)
     weights = _resolve_weights(parser, args, shape)
+    per_layer = shape.n_kv_heads if isinstance(shape.n_kv_heads, list) else None
     df = kv_table(shape.n_layers, shape.n_heads, shape.d_head, args.seq, args.batch, args.dtype,
-                  n_kv_heads=shape.n_kv_heads, memory_bytes=args.memory, weights_bytes=weights)
+                  n_kv_heads=None if per_layer else shape.n_kv_heads, memory_bytes=args.memory,
+                  weights_bytes=weights, layout=per_layer)  # fmt: skip
     notes = _memory_notes(df, args.memory, weights, args.seq) if args.memory is not None else []
     if args.format == "csv":
         print(df.to_csv(index=False), end="")

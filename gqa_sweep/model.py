@@ -1,6 +1,7 @@
 """Decoder-only LM with grouped-query attention (Llama block: pre-RMSNorm, RoPE, SwiGLU, no biases).
 
-K and V have `n_kv_heads` (G) heads; query head j reads KV head j // (H // G), as HF `repeat_kv` does,
+K and V have `n_kv_heads` (G) heads, or G_l in layer l for a per-layer layout; query head j reads KV head
+j // (H // G), as HF `repeat_kv` does,
 so the model exports to `transformers.LlamaForCausalLM` with identical logits. Grouping is done by
 `scaled_dot_product_attention(..., enable_gqa=True)` in training and prefill, and by folding each group's
 query heads into the query axis for a single-token decode step (`Attention.fold_decode`): K/V are never
@@ -63,15 +64,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Per-layer K/V buffers of shape (B, G, block_size, d_head): exactly G heads, never H.
+    """Per-layer K/V buffers of shape (B, G_l, block_size, d_head): exactly G_l heads, never H.
 
     A step attends to the view `buf[:, :, :length]`: strided, not copied (CPU SDPA reads it in place).
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
-        shape = (batch_size, cfg.n_kv_heads, cfg.block_size, cfg.d_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
+        shapes = [(batch_size, G, cfg.block_size, cfg.d_head) for G in cfg.kv_heads_per_layer]
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.length = 0  # tokens already stored
 
     def nbytes(self, length: int | None = None) -> int:
@@ -96,10 +97,11 @@ class Attention(nn.Module):
     # (`gqa-bench decode` times both).
     fold_decode: bool | None = None
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        H, G, D = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        H, G, D = cfg.n_heads, cfg.kv_heads_per_layer[layer], cfg.d_head
+        self.n_kv_heads, self.group_size = G, H // G  # this layer's (a per-layer layout differs by layer)
         self.q_proj = nn.Linear(cfg.d_model, H * D, bias=False)
         self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
@@ -112,11 +114,11 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.d_head)
-        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, cfg.d_head)
         if cfg.qk_norm:  # before RoPE: the rotation keeps the norm, so |q.k| <= |g_q| |g_k| after it too
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.d_head).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, cfg.d_head).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def folds(self, x: torch.Tensor) -> bool:
@@ -133,7 +135,7 @@ class Attention(nn.Module):
             if T == 1 and self.folds(x):
                 # (B, H, 1, d) -> (B, G, H/G, d): the group's query heads become G rows of H/G "positions",
                 # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
-                q = q.view(B, self.cfg.n_kv_heads, self.cfg.group_size, self.cfg.d_head)
+                q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
                 y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
                 return self.o_proj(y.reshape(B, 1, -1))
             y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
@@ -144,8 +146,8 @@ class Attention(nn.Module):
         """max |q.k| / sqrt(d_head) over heads and causal pairs, with K/V broadcast over each group."""
         B, T, _ = x.shape
         q, k, _ = self.qkv(x, cos, sin)
-        G, D = self.cfg.n_kv_heads, self.cfg.d_head
-        q = q.view(B, G, self.cfg.group_size, T, D)
+        G, D = self.n_kv_heads, self.cfg.d_head
+        q = q.view(B, G, self.group_size, T, D)
         scores = (q @ k.unsqueeze(2).transpose(-1, -2)).abs() / math.sqrt(D)  # (B, G, H/G, T, T)
         mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         return scores.masked_fill(~mask, 0).amax()
@@ -163,10 +165,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
@@ -180,7 +182,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

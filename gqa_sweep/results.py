@@ -94,6 +94,8 @@ RUN_COLUMNS: dict[str, str] = {
     # Parameter matching (model.param_match): the FFN width used, and how it was chosen (none | ffn).
     "d_ff": "INTEGER",
     "param_match": "TEXT",
+    # G of each layer, comma-joined ("2,2"; "4,2,1,1" for a per-layer layout, whose n_kv_heads is NULL).
+    "kv_layout": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

@@ -147,7 +147,7 @@ def initial_weights(cfg: DictConfig, module: LMModule) -> str | None:
     """Load converted weights into `module` for non-scratch runs; returns the parent's run id or path."""
     from gqa_sweep.convert import convert_model, load_source
 
-    init, G = cfg.init, int(cfg.model.n_kv_heads)
+    init, G = cfg.init, resolved(cfg)["model"]["n_kv_heads"]  # one G, or one per layer
     if init.checkpoint is not None:
         try:
             (parent, _), parent_id = load_source(to_absolute_path(init.checkpoint)), str(init.checkpoint)
@@ -283,7 +283,8 @@ def run(cfg: DictConfig) -> dict:
         "sweep": cfg.sweep,
         "model_name": cfg.model.name,
         "n_heads": cfg.model.n_heads,
-        "n_kv_heads": cfg.model.n_kv_heads,
+        "n_kv_heads": module.model.cfg.n_kv_heads if module.model.cfg.uniform else None,
+        "kv_layout": module.model.cfg.kv_layout,
         "group_size": module.model.cfg.group_size,
         "n_layers": cfg.model.n_layers,
         "d_model": cfg.model.d_model,

@@ -339,3 +339,28 @@ def test_cli_kv_bytes_use_the_runs_dtype(tmp_path, capsys, precision, label, nby
     assert main([str(run_dir / "model.pt"), "--groups", "2", "--out", str(tmp_path / "gqa.pt")]) == 0
     kv0, kv1 = 2 * 8 * D_HEAD * LAYERS * nbytes, 2 * 2 * D_HEAD * LAYERS * nbytes
     assert f"KV bytes/token ({label}) {kv0:,} -> {kv1:,};" in capsys.readouterr().out
+
+
+def test_per_layer_conversion_mean_pools_each_layer_to_its_own_g(tmp_path, capsys):
+    model = make_model()  # MHA, LAYERS layers
+    layout = [4, 1][:LAYERS] + [2] * (LAYERS - 2)
+    new = convert_model(model, layout, "mean")
+    assert new.cfg.kv_heads_per_layer == layout and not new.cfg.uniform
+    for i, g in enumerate(layout):
+        for proj in ("k_proj", "v_proj"):
+            w = getattr(model.layers[i].attn, proj).weight  # (H * d_head, d_model)
+            by_hand = torch.stack([
+                w.view(H, D_HEAD, D_MODEL)[j * (H // g):(j + 1) * (H // g)].mean(0) for j in range(g)
+            ]).reshape(g * D_HEAD, D_MODEL)  # fmt: skip
+            torch.testing.assert_close(getattr(new.layers[i].attn, proj).weight, by_hand, rtol=0, atol=1e-7)
+    out = tmp_path / "layers.pt"
+    assert main([str(save_model(model, tmp_path / "mha.pt")), "--groups", ",".join(map(str, layout)), "--out", str(out)]) == 0
+    assert f"G {H} -> {','.join(map(str, layout))} (mean)" in capsys.readouterr().out
+    assert load_model(out)[0].cfg.kv_heads_per_layer == layout
+
+
+def test_per_layer_conversion_names_the_layer():
+    with pytest.raises(ValueError, match=r"layer 1: groups\[1\]=3 does not divide the checkpoint's 8 KV heads"):
+        convert_model(make_model(), [4, 3] + [1] * (LAYERS - 2), "mean")
+    with pytest.raises(ValueError, match=f"has 1 entries but the checkpoint has {LAYERS} layers"):
+        convert_model(make_model(), [4], "mean")

@@ -381,3 +381,15 @@ def test_byte_model_export_generates_our_text_in_a_pipeline(tmp_path: Path) -> N
     prompt = "naïve café: "
     ours = _our_text(model, ByteTokenizer(), prompt, 16)
     assert _pipeline_text(tmp_path / "hf", prompt, 16) == ours
+
+
+def test_a_per_layer_model_fails_to_export_in_one_line(tmp_path, capsys):
+    cfg = ModelConfig(vocab_size=61, block_size=16, n_layers=2, d_model=32, n_heads=4, n_kv_heads=[4, 1])
+    ckpt = save_model(DecoderLM(cfg), tmp_path / "model.pt")
+    assert export_main([str(ckpt), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "gqa-export: error: per-layer KV heads (n_kv_heads=4,1) cannot be exported: Hugging Face Llama and Qwen3 "
+        "have a single num_key_value_heads for every layer; convert to one G first (gqa-convert --groups G)\n"
+    )
+    assert not (tmp_path / "hf").exists()

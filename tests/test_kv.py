@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 
 import pytest
+import pandas as pd
 import torch
 
 from gqa_sweep.kv import (
@@ -261,3 +263,25 @@ def test_cli_on_a_tiny_model_prints_kilobytes(capsys):
     # 2 (K, V) * G * d_head 16 * 2 layers * 128 tokens * 2 bytes (fp16)
     assert rows["2*"][4:8] == ["32.77", "KB", "32.00", "KiB"]
     assert " GB" not in out  # no 0.00 GB
+
+
+def test_per_layer_layout_row_matches_the_formula(capsys):
+    assert main(["--layers", "4", "--heads", "8", "--kv-heads", "4,2,1,1", "--head-dim", "16", "--seq", "128",
+                 "--batch", "2", "--memory", "1MB", "--weights-bytes", "0", "--format", "csv"]) == 0  # fmt: skip
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    row = df[df.kind == "per-layer"].iloc[0]
+    assert row.G == "4,2,1,1" and bool(row.own)
+    expected = 2 * (4 + 2 + 1 + 1) * 16 * 2 * 128 * 2  # 2 * sum_l G_l * d_head * bytes * seq * batch
+    assert row.kv_bytes == expected and row.bytes_per_token == 2 * 8 * 16 * 2
+    assert row.max_batch == 10**6 // (expected // 2)
+    assert row.saved_pct == pytest.approx(100 * (1 - 8 / 32))
+    assert (df.own == False).sum() == 4  # noqa: E712  (every uniform G is listed beside it, none marked)
+
+
+def test_per_layer_layout_errors_name_the_layer(capsys):
+    with pytest.raises(SystemExit):
+        main(["--layers", "2", "--heads", "8", "--kv-heads", "4,3", "--head-dim", "16"])
+    assert "--kv-heads 3 (layer 1) does not divide --heads 8; choose one of: 1, 2, 4, 8" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--layers", "4", "--heads", "8", "--kv-heads", "4,2,1", "--head-dim", "16"])
+    assert "gives 3 layers' G but --layers is 4; give one G per layer" in capsys.readouterr().err

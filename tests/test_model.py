@@ -515,3 +515,60 @@ def test_forward_and_cache_reject_bad_lengths() -> None:
     with pytest.raises(ValueError, match="^batch of 2 sequences but the cache was built for 1$"):
         model(tokens(2, 1), cache)
     assert cache.length == 30  # rejected calls leave the cache as it was
+
+
+# ----------------------------------------------------------------------------------------------- per-layer G
+
+
+def _per_layer(layout, **kw) -> ModelConfig:
+    return ModelConfig(vocab_size=61, block_size=32, n_layers=len(layout), d_model=64, n_heads=8,
+                       n_kv_heads=list(layout), **kw)  # fmt: skip
+
+
+def test_per_layer_g_shapes_cache_and_bytes():
+    cfg = _per_layer([8, 4, 2, 1])
+    model = DecoderLM(cfg)
+    assert [b.attn.k_proj.out_features for b in model.layers] == [64, 32, 16, 8]  # G_l * d_head (8)
+    assert cfg.kv_layout == "8,4,2,1" and cfg.group_size is None and not cfg.uniform
+    assert cfg.kv_bytes_per_token(2) == 2 * (8 + 4 + 2 + 1) * 8 * 2
+    cache = model.new_cache(3)
+    assert [tuple(k.shape) for k in cache.k] == [(3, G, 32, 8) for G in (8, 4, 2, 1)]
+    assert cache.nbytes(10) == cfg.kv_bytes_per_token(4) * 10 * 3
+
+
+def test_a_uniform_list_is_the_uniform_model():
+    cfg = _per_layer([2, 2, 2])
+    assert cfg.n_kv_heads == 2 and cfg.uniform and cfg.kv_layout == "2,2,2" and cfg.group_size == 4
+
+
+@pytest.mark.parametrize(
+    "layout, message",
+    [
+        ([8, 4, 3, 1], "layer 2: n_heads=8 is not divisible by n_kv_heads[2]=3; choose n_kv_heads[2] from 1, 2, 4, 8"),
+        ([8, 16], "layer 1: n_kv_heads[1]=16 is larger than n_heads=8"),
+    ],
+)
+def test_per_layer_validation_names_the_layer(layout, message):
+    with pytest.raises(ValueError) as e:
+        ModelConfig(vocab_size=61, block_size=32, n_layers=len(layout), d_model=64, n_heads=8, n_kv_heads=layout)
+    assert message in str(e.value)
+
+
+def test_per_layer_list_length_must_match_the_layers():
+    with pytest.raises(ValueError, match=r"n_kv_heads=\[4, 2\] has 2 entries but n_layers=3; give one G per layer"):
+        ModelConfig(vocab_size=61, block_size=32, n_layers=3, d_model=64, n_heads=8, n_kv_heads=[4, 2])
+
+
+@pytest.mark.parametrize("layout", [[8, 4, 2, 1], [1, 1, 2, 4]])
+def test_per_layer_cached_greedy_equals_uncached(layout):
+    torch.manual_seed(0)
+    model = DecoderLM(_per_layer(layout)).eval()
+    prompt = torch.randint(61, (2, 5))
+    cached = model.generate(prompt, 12, temperature=0.0)
+    toks = prompt
+    for _ in range(12):  # uncached reference: the full sequence every step
+        toks = torch.cat([toks, model(toks)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(cached, toks)
+    for fold in (True, False):  # the folded and enable_gqa single-token paths agree per layer too
+        model.set_fold_decode(fold)
+        assert torch.equal(model.generate(prompt, 12, temperature=0.0), toks)

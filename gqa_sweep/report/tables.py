@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.report import fair, recall, stability
+from gqa_sweep.report import fair, layouts, recall, stability
 from gqa_sweep.report.cells import (
     _counts,
     _ppl_stats,
@@ -198,6 +198,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
         **stability.stability_tables(runs),
         **recall.recall_tables(runs),
         **fair.fair_tables(runs),
+        **layouts.layouts_tables(runs),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -298,7 +299,7 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-for _module in (recall, fair):
+for _module in (recall, fair, layouts):
     TITLES.update(_module.TITLES)
     NOTES.update(_module.NOTES)
     DISPLAY.update(_module.DISPLAY)

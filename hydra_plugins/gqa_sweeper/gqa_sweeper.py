@@ -5,7 +5,8 @@
 2. Every job's config is validated before anything is prepared or written, so bad input fails in about
    a second; then `preview=true` lists the jobs and stops, jobs already in the store are skipped (a sweep
    with nothing left to run creates no output dir), and each dataset is prepared once.
-3. After the sweep, one summary table of the jobs' rows is printed from the results store.
+3. A sweep parameter set to null is dropped (an experiment removes the default `model.n_kv_heads: all`).
+4. After the sweep, one summary table of the jobs' rows is printed from the results store.
 """
 
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 class GQASweeperConf:
     _target_: str = "hydra_plugins.gqa_sweeper.gqa_sweeper.GQASweeper"
     max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
+    params: Optional[Dict[str, Optional[str]]] = None  # null drops a sweep parameter (see 3. above)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="gqa", node=GQASweeperConf, provider="gqa_sweep")
@@ -36,6 +37,9 @@ class _NothingToRun(Exception):
 
 class GQASweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        # A key set to null drops an inherited sweep dimension: an experiment that sets the KV heads itself
+        # (experiment=kv_budget) writes `model.n_kv_heads: null` to turn off the default `all`.
+        params = {k: v for k, v in (params or {}).items() if v is not None} or None
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.jobs: List[Dict[str, Any]] = []
 
