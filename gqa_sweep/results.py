@@ -96,6 +96,9 @@ RUN_COLUMNS: dict[str, str] = {
     "param_match": "TEXT",
     # G of each layer, comma-joined ("2,2"; "4,2,1,1" for a per-layer layout, whose n_kv_heads is NULL).
     "kv_layout": "TEXT",
+    # The peak FLOP/s `mfu` is taken against, and its source: datasheet (known GPUs) or measured (peak.py).
+    "peak_flops": "REAL",
+    "peak_source": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

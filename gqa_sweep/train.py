@@ -29,7 +29,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gqa_sweep.callbacks import RunMetrics, StepProgress
 from gqa_sweep.checkpoint import load_model, save_model
-from gqa_sweep.data.tokenizers import hf_tokenizer
 from gqa_sweep.config import (
     ConfigError,
     max_steps_of,
@@ -40,15 +39,17 @@ from gqa_sweep.config import (
     run_name,
     validate,
 )
+from gqa_sweep.data.tokenizers import hf_tokenizer
 from gqa_sweep.kv import DTYPE_BYTES
 from gqa_sweep.metrics import (
     decode_tokens_per_s,
     device_name,
     flops_per_token,
-    peak_flops,
+    native_bf16,
     precision_dtype,
 )
 from gqa_sweep.module import LMModule
+from gqa_sweep.peak import device_peak
 from gqa_sweep.results import ResultsStore
 from gqa_sweep.sweep import TOTAL_ENV
 
@@ -211,6 +212,18 @@ def run_line(name: str, run_id: str, row: dict) -> str:
     return " | ".join(parts)
 
 
+def resolve_precision(cfg: DictConfig) -> None:
+    """`trainer.precision=auto`: bf16-mixed where the device computes bf16 natively, else 32-true with a note.
+    The run's config.yaml and row record the precision used; the run id keeps `auto`."""
+    if str(cfg.trainer.precision) != "auto":
+        return
+    native, why = native_bf16(str(cfg.trainer.accelerator))
+    if not native:
+        log.info("trainer.precision=auto: %s: training in fp32 (32-true)", why)
+    with open_dict(cfg):
+        cfg.trainer.precision = "bf16-mixed" if native else "32-true"
+
+
 def run(cfg: DictConfig) -> dict:
     """Train one model and write its row; returns the row (or the stored one when skipped)."""
     validate(cfg)
@@ -222,6 +235,7 @@ def run(cfg: DictConfig) -> dict:
         log.info("skip %s (%s): already %s in %s; force=true reruns it", name, run_id, status, store.path)
         return store.get(run_id)
     announce_run(cfg, name, run_id)
+    resolve_precision(cfg)
 
     started_at, t0 = datetime.now(timezone.utc).isoformat(timespec="seconds"), time.perf_counter()
     if cfg.trainer.num_threads:
@@ -267,6 +281,7 @@ def run(cfg: DictConfig) -> dict:
     ]
     loggers = make_loggers(cfg, run_dir, name, run_id, config)
     tkw = {k: v for k, v in config["trainer"].items() if k not in OWN_TRAINER_KEYS}
+    tkw["precision"] = cfg.trainer.precision  # `auto` resolved
     tkw["max_steps"] = max(1, steps)
     tkw["val_check_interval"] = min(int(tkw["val_check_interval"]), max(1, steps))
     trainer = L.Trainer(
@@ -380,11 +395,14 @@ def finish_measurements(cfg: DictConfig, module: LMModule, dm, trainer, summary:
     kv_dtype = dtype if dtype in ("bf16", "fp16") else "fp32"
     fpt = flops_per_token(model, int(cfg.data.block_size))
     name = device_name(device)
+    peak, peak_source = device_peak(device, dtype)
     out = {
         "device": name,
         "flops_per_token": fpt,
         "model_flops_per_s": summary["train_tokens_per_s"] * fpt,
-        "mfu": summary["train_tokens_per_s"] * fpt / peak_flops(name, dtype),
+        "mfu": summary["train_tokens_per_s"] * fpt / peak,
+        "peak_flops": peak,
+        "peak_source": peak_source,
         "kv_dtype": kv_dtype,
         "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
         "decode_tokens_per_s": math.nan,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The measured-peak cache (gqa_sweep/peak.py) of every run in the tests, in-process and in subprocesses: not ~.
+os.environ.setdefault("GQA_SWEEP_CACHE", tempfile.mkdtemp(prefix="gqa-sweep-cache-"))
 
 # A model small enough that a sweep step takes milliseconds on a laptop CPU.
 TINY = [

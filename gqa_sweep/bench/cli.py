@@ -68,7 +68,8 @@ NOTES = {
     "step; activations and logits are not counted.",
     "train": "tokens/s medians over rounds, each round = warm-up + timed steps; harness_over_bare = harness/bare; "
     "ours_over_hf = bare/hf (same loop, same weights, same AdamW and clipping); FLOPs/token = 6N + 12*L*H*d_head*T "
-    "(N without the embedding table); mfu NaN where the device peak is unknown (CPU).",
+    "(N without the embedding table); <impl>_mfu = <impl>_tok_s x flops/token / peak_TFLOPs, the datasheet peak of "
+    "a known GPU or else the measured dense-matmul peak in the run's dtype (peak_source; gqa_sweep/peak.py).",
 }
 BENCHES = {"attention": bench_attention, "decode": bench_decode, "serve": bench_serve, "train": bench_train}
 

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from gqa_sweep.bench.common import Env, model_config, profile_table, stats, synchronize
-from gqa_sweep.metrics import flops_per_token, peak_flops
+from gqa_sweep.metrics import flops_per_token
+from gqa_sweep.peak import device_peak
 from gqa_sweep.model import DecoderLM, divisors
 
 
@@ -124,7 +125,7 @@ def bench_train(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
     import lightning  # noqa: F401  (its import sets its logger to INFO; quiet it after)
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    peak = peak_flops(env.device_name, env.dtype_name)
+    peak, source = device_peak(env.device, env.dtype_name)
     rows, prof = [], ""
     for G in divisors(model_config(a, 1).n_heads):
         loader = token_loader(a, model_config(a, G).vocab_size)
@@ -141,7 +142,9 @@ def bench_train(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
         rows.append(dict(
             G=G, params=model.num_params(), harness_tok_s=hm, harness_min=hlo, harness_max=hhi,
             bare_tok_s=bm, bare_min=blo, bare_max=bhi, hf_tok_s=fm, hf_min=flo, hf_max=fhi,
-            harness_over_bare=hm / bm, ours_over_hf=bm / fm, model_TFLOPs=hm * fpt / 1e12, mfu=hm * fpt / peak,
+            harness_over_bare=hm / bm, ours_over_hf=bm / fm, model_TFLOPs=hm * fpt / 1e12,
+            harness_mfu=hm * fpt / peak, bare_mfu=bm * fpt / peak, hf_mfu=fm * fpt / peak,
+            peak_TFLOPs=peak / 1e12, peak_source=source,
         ))  # fmt: skip
         if a.profile and G == 1:
             prof = profile_table(fns, env.device, row_limit=20)
