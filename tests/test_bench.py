@@ -99,3 +99,20 @@ def test_gqa_bench_startup_times_the_fast_error_path(tmp_path) -> None:
     for row in ("gqa-sweep model.n_kv_heads=3", "gqa-sweep -m model.n_kv_heads=1,3", "gqa-sweep --help",
                 "import torch, lightning"):
         assert row in table
+
+
+def test_op_classes_split_a_profile_by_kind():
+    from types import SimpleNamespace
+
+    from gqa_sweep.bench.common import op_classes
+
+    evts = [SimpleNamespace(key=k, self_cpu_time_total=us) for k, us in (
+        ("aten::mm", 6000), ("aten::addmm", 2000), ("aten::mul", 500), ("aten::rsqrt", 500),
+        ("aten::_fused_adamw_", 400), ("aten::_log_softmax", 300), ("aten::copy_", 200),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", 100), ("autograd::engine::evaluate_function", 0),
+        ("Optimizer.step#AdamW.step", 0),
+    )]  # fmt: skip
+    t = op_classes(evts).set_index("op class")["self ms"]
+    assert t["matmul"] == 8.0 and t["elementwise (norms, RoPE, SwiGLU, adds)"] == 1.0 and t["optimizer"] == 0.4
+    assert t["softmax / cross-entropy"] == 0.3 and t["copies and casts"] == 0.2 and t["attention (SDPA)"] == 0.1
+    assert op_classes(evts).set_index("op class").share["matmul"] == "80.0%"

@@ -217,7 +217,34 @@ def profile_table(fns: dict, device: torch.device, row_limit: int = 15) -> str:
             fn()
             synchronize(device)
         parts.append(f"## {name}\n\n{prof.key_averages().table(sort_by=sort, row_limit=row_limit)}")
+        parts.append(f"### {name}: self time by op class\n\n{op_classes(prof.key_averages()).to_markdown(index=False)}\n")
     return "\n".join(parts)
+
+
+# The first pattern an op's name matches gives its class; aten ops left over are the elementwise work around the
+# matmuls (RMSNorm, RoPE, SwiGLU's gate, residual adds, masks); names outside aten are framework and Python.
+OP_CLASSES = (
+    ("matmul", r"^aten::(mm|addmm|bmm|baddbmm|matmul|linear|_mkldnn_mm|mkldnn_linear)"),
+    ("attention (SDPA)", r"scaled_dot_product|flash_attention|_efficient_attention|_cudnn_attention"),
+    ("softmax / cross-entropy", r"^aten::(_?log_softmax|nll_loss|_?softmax|cross_entropy)"),
+    ("optimizer", r"^aten::(_fused_adamw|_foreach|lerp|addcdiv|addcmul)|Optimizer"),
+    ("copies and casts", r"^aten::(copy_|_to_copy|to|clone|contiguous|cat|index_select|embedding|fill_|zero_|zeros)"),
+    ("elementwise (norms, RoPE, SwiGLU, adds)", r"^aten::"),
+    ("framework (autograd, Python, Lightning)", r""),
+)
+
+
+def op_classes(averages) -> pd.DataFrame:
+    """Self CPU time per op class (OP_CLASSES) of a profiler's key_averages: ms and share of the total."""
+    import re
+
+    totals = dict.fromkeys((c for c, _ in OP_CLASSES), 0.0)
+    for evt in averages:
+        cls = next(c for c, pattern in OP_CLASSES if re.search(pattern, evt.key))
+        totals[cls] += evt.self_cpu_time_total / 1e3
+    whole = sum(totals.values()) or 1.0
+    return pd.DataFrame({"op class": list(totals), "self ms": list(totals.values()),
+                         "share": [f"{100 * v / whole:.1f}%" for v in totals.values()]})  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- output
