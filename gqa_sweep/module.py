@@ -98,7 +98,8 @@ class LMModule(L.LightningModule):
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
-            fused=self.device.type == "cuda" or None,
+            # Fused AdamW: 3.4x (tiny) to 7.4x (small) faster than foreach on the CPU too (docs/benchmarks.md).
+            fused=self.device.type in ("cpu", "cuda") or None,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio)
