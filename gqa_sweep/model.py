@@ -96,6 +96,10 @@ class Attention(nn.Module):
     # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
     # (`gqa-bench decode` times both).
     fold_decode: bool | None = None
+    # The CPU's bf16/fp16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
+    # slower than the same call in fp32 with the casts around it (docs/benchmarks.md), so on the CPU the
+    # training / prefill call runs in fp32 (exact in fp32, then rounded once). None = CPU only; True/False force it.
+    fp32_attention: bool | None = None
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
@@ -124,6 +128,11 @@ class Attention(nn.Module):
     def folds(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" if self.fold_decode is None else self.fold_decode
 
+    def upcasts(self, q: torch.Tensor) -> bool:
+        if q.dtype not in (torch.bfloat16, torch.float16):
+            return False
+        return q.device.type == "cpu" if self.fp32_attention is None else self.fp32_attention
+
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self.qkv(x, cos, sin)
@@ -138,7 +147,13 @@ class Attention(nn.Module):
                 q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
                 y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
                 return self.o_proj(y.reshape(B, 1, -1))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+            if self.upcasts(q):
+                with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back to bf16
+                    y = F.scaled_dot_product_attention(
+                        q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True
+                    ).to(q.dtype)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()

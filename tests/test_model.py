@@ -393,6 +393,40 @@ def test_rmsnorm_computes_in_fp32_and_returns_input_dtype() -> None:
     assert not torch.equal(out, naive_bf16)  # the check can tell the two apart
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-weights", "bf16-autocast"])
+def test_cpu_bf16_attention_runs_in_fp32_on_G_heads(autocast: bool, monkeypatch) -> None:
+    model = tiny(2, std=0.02)
+    model = model if autocast else model.bfloat16()
+    idx = tokens(2, 16)
+    seen: list[tuple[torch.dtype, int]] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.shape[1]))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    outs = {}
+    for fp32 in (None, False):  # None: the CPU default (fp32 attention); False: the bf16 kernel
+        for block in model.layers:
+            block.attn.fp32_attention = fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            outs[fp32] = model(idx).float()
+    assert seen == [(torch.float32, 2)] * 2 + [(torch.bfloat16, 2)] * 2  # K/V keep G = 2 heads either way
+    assert_close_to_scale(outs[None], outs[False], tol=3e-2, what="fp32 vs bf16 attention")
+    # The default path is exactly SDPA in fp32 on the bf16 q, k, v, rounded once to bf16.
+    attn, x = model.layers[0].attn, model.layers[0].attn_norm(model.embed(idx))
+    cos, sin = model._rope(0, idx.shape[1])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        q, k, v = attn.qkv(x, cos, sin)
+        with torch.autocast("cpu", enabled=False):
+            ref = real(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True).to(q.dtype)
+        attn.fp32_attention = None
+        got = attn(x, cos, sin)
+        want = attn.o_proj(ref.transpose(1, 2).reshape(*idx.shape, -1))
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
 def test_tied_embeddings_share_one_tensor() -> None:
     tied, untied = tiny(2, tie_embeddings=True), tiny(2)
     assert tied.lm_head.weight is tied.embed.weight
