@@ -26,6 +26,7 @@ TINY = [
     "trainer.val_check_interval=4",
     "trainer.ckpt_every_n_steps=2",
     "trainer.num_threads=1",
+    "trainer.precision=32-true",  # the same numbers on every CPU (auto picks bf16 where the CPU has it)
     "metrics.decode_batch=2",
     "metrics.decode_prompt_tokens=4",
     "metrics.decode_new_tokens=8",

@@ -78,3 +78,27 @@ def test_native_bf16_reads_the_cpu_flags():
     native, why = native_bf16("cpu")
     assert native == ("avx512_bf16" in flags or "amx_bf16" in flags)
     assert native or why == "this CPU has no native bf16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"
+
+
+def test_cpu_default_precision_is_auto():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        assert compose("config").trainer.precision == "auto"
+
+
+def test_a_bf16_mixed_run_records_bf16_everywhere(tmp_path):
+    from gqa_sweep.results import load_runs
+    from tests.conftest import TINY, gqa_sweep
+
+    results = tmp_path / "results"
+    args = [a for a in TINY if not a.startswith("trainer.precision")]
+    proc = gqa_sweep(*args, "model.n_kv_heads=2", "trainer.precision=bf16-mixed", f"results_dir={results}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = load_runs(results).to_dict("records")
+    assert (row["status"], row["precision"], row["kv_dtype"]) == ("completed", "bf16-mixed", "bf16")
+    assert row["kv_bytes_per_token"] == 2 * 2 * 4 * 1 * 2  # 2 * G * d_head (32 / 8) * 1 layer * 2 bytes
+    assert row["peak_source"] == "measured" and math.isfinite(row["mfu"]) and row["mfu"] > 0
+    assert math.isfinite(row["val_loss"]) and row["val_loss"] < math.log(65)  # it learned: below uniform over chars
