@@ -270,6 +270,11 @@ class DecoderLM(nn.Module):
         for block in self.layers:
             block.attn.fold_decode = fold
 
+    def set_fp32_attention(self, fp32: bool | None) -> None:
+        """Force (True/False) or restore (None: CPU only) fp32 compute of the bf16/fp16 training attention call."""
+        for block in self.layers:
+            block.attn.fp32_attention = fp32
+
     def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
         """Empty cache; its dtype defaults to the one K/V are computed in (autocast's, else the weights')."""
         p = self.embed.weight

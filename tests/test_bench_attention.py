@@ -50,5 +50,6 @@ def test_folded_decode_attention_equals_enable_gqa(G):
     folded, grouped = fns["folded"](), fns["enable_gqa"]()
     assert folded.shape == (3, G, 8 // G, 16) and grouped.shape == (3, 8, 1, 16)
     torch.testing.assert_close(folded.reshape(3, 8, 1, 16), grouped, rtol=1e-5, atol=1e-6)
-    # The arithmetic-only timing does the first sequence's work: the same numbers as the batch call's first row.
-    torch.testing.assert_close(fns["folded_hot"](), folded[:1], rtol=0, atol=0)
+    # The arithmetic-only timing does the first sequence's work: the batch call's first row, up to the kernel's
+    # blocking (a batch of 1 may sum in another order: 3e-8 apart on an AMD EPYC, bit-equal on an Intel Xeon).
+    torch.testing.assert_close(fns["folded_hot"](), folded[:1], rtol=1e-6, atol=1e-7)

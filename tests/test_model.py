@@ -408,8 +408,7 @@ def test_cpu_bf16_attention_runs_in_fp32_on_G_heads(autocast: bool, monkeypatch)
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     outs = {}
     for fp32 in (None, False):  # None: the CPU default (fp32 attention); False: the bf16 kernel
-        for block in model.layers:
-            block.attn.fp32_attention = fp32
+        model.set_fp32_attention(fp32)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             outs[fp32] = model(idx).float()
     assert seen == [(torch.float32, 2)] * 2 + [(torch.bfloat16, 2)] * 2  # K/V keep G = 2 heads either way
