@@ -96,9 +96,11 @@ class Attention(nn.Module):
     # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
     # (`gqa-bench decode` times both).
     fold_decode: bool | None = None
-    # The CPU's bf16/fp16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
+    # The CPU's bf16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
     # slower than the same call in fp32 with the casts around it (docs/benchmarks.md), so on the CPU the
-    # training / prefill call runs in fp32 (exact in fp32, then rounded once). None = CPU only; True/False force it.
+    # training / prefill call runs in fp32 (exact in fp32, then rounded once); fp16 is treated alike, unmeasured.
+    # Single-token decode keeps the half kernel: upcasting copies the cache each step (1.3-5.3x slower at 1k-4k).
+    # None = CPU only; True/False force it.
     fp32_attention: bool | None = None
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
