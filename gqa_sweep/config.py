@@ -17,8 +17,6 @@ from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from gqa_sweep.results import ResultsStore, StoreError
-
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
@@ -227,7 +225,8 @@ def max_steps_of(cfg: dict) -> int:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every check that needs no data: raise ConfigError naming the fix."""
+    """Every check of the config itself: raise ConfigError naming the fix. The data's torch-free checks and
+    the store's are added by gqa_sweep.plan.check_inputs, which is what the sweep and the run call."""
     m = cfg.model
     if str(m.n_kv_heads) == "all":
         raise ConfigError(
@@ -262,14 +261,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"progress={cfg.progress!r}; choose progress=auto, progress=bar or progress=lines")
     if cfg.logger.kind not in ("none", "csv", "wandb"):
         raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
-    if cfg.data.get("source") == "mqar":  # pure config, but checked by the data module: before the store exists
-        from gqa_sweep.train import make_datamodule
-
-        make_datamodule(cfg, prepare=False)
-    try:
-        ResultsStore(results_dir(cfg)).check_writable()
-    except StoreError as e:
-        raise ConfigError(str(e)) from None
 
 
 def validate_decode(cfg: DictConfig) -> None:

@@ -11,9 +11,10 @@ import json
 import math
 import os
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pandas loads lazily: the CLI checks the store before heavy imports
     import pandas as pd

@@ -1,32 +1,24 @@
 """Sweep-level steps run by the `gqa` Hydra sweeper (and, for a single run, its callback) around the jobs.
 
-Order matters: every job is validated first (torch-free, nothing written), then the plan is shown
-(`preview=true`) or the jobs already in the store are skipped, and only then is data prepared.
+Order matters: every job is planned first (gqa_sweep.plan: torch-free, nothing written), then the plan is
+shown (`preview=true`) or the jobs already in the store are skipped, and only then is data prepared.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gqa_sweep.config import (
-    ConfigError,
-    divisors,
-    resolved,
-    results_dir,
-    run_id_of,
-    run_name,
-    validate,
-)
-from gqa_sweep.results import ResultsStore, load_runs
+from gqa_sweep.config import ConfigError, divisors, resolved
+from gqa_sweep.plan import RunPlan, plan_job
+from gqa_sweep.results import load_runs
 
 KV_KEY = "model.n_kv_heads"
-TOTAL_ENV = "GQA_SWEEP_JOBS"  # jobs this sweep launches: read by each job for its `run i/N` line
 
 
 def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[list[str]]:
@@ -38,77 +30,58 @@ def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
             out.append(overrides)
             continue
         rest = [o for o in overrides if not o.startswith(KV_KEY + "=")]
-        n_heads = job_config(rest + [f"{KV_KEY}=1"]).model.n_heads
+        n_heads = job_config([*rest, f"{KV_KEY}=1"]).model.n_heads
         if not isinstance(n_heads, int) or n_heads <= 0:
             raise ConfigError(f"model.n_heads={n_heads} must be a positive integer")
-        out.extend(rest + [f"{KV_KEY}={g}"] for g in divisors(n_heads))
+        out.extend([*rest, f"{KV_KEY}={g}"] for g in divisors(n_heads))
     return out
 
 
-def plan_job(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, Any]:
-    """Validate one job and look it up in the store: what the sweep will do with it."""
-    validate(cfg)
-    config = resolved(cfg)
-    run_id, rdir = run_id_of(config), results_dir(cfg)
-    status = ResultsStore(rdir).status(run_id)
-    return {
-        "overrides": overrides,
-        "cfg": cfg,
-        "run_id": run_id,
-        "name": run_name(config),
-        "results_dir": str(rdir),
-        "status": status,
-        "skip": status in ("completed", "diverged") and not cfg.force,
-    }
-
-
-def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[dict[str, Any]]:
+def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[RunPlan]:
     """Expand `all` and validate every job before anything is prepared, trained or written."""
     return [plan_job(job_config(o), o) for o in expand_all(jobs, job_config)]
 
 
-def prepare_data(plans: list[dict[str, Any]]) -> None:
+def prepare_data(plans: list[RunPlan]) -> None:
     """Tokenize each distinct dataset of the jobs to run once, into the shared cache the jobs then load."""
-    from gqa_sweep.train import (
-        make_datamodule,  # heavy (torch): only once every job is known to be good
-    )
+    from gqa_sweep.run.build import build_data  # heavy (torch): only once every job is known to be good
 
     prepared = set()
     for p in plans:
-        key = json.dumps(resolved(p["cfg"])["data"], sort_keys=True)
+        key = json.dumps(resolved(p.cfg)["data"], sort_keys=True)
         if key not in prepared:
-            make_datamodule(p["cfg"])
+            build_data(p.cfg)
             prepared.add(key)
 
 
-def print_skips(plans: list[dict[str, Any]]) -> None:
+def print_skips(plans: list[RunPlan]) -> None:
     for p in plans:
-        if p["skip"]:
-            print(f"skip {p['name']} ({p['run_id']}): already {p['status']} in {p['results_dir']}; force=true reruns it")
+        if p.skip:
+            print(f"skip {p.name} ({p.run_id}): already {p.status} in {p.results_dir}; force=true reruns it")
 
 
-def print_preview(plans: list[dict[str, Any]]) -> None:
+def print_preview(plans: list[RunPlan]) -> None:
     """`preview=true`: the jobs, their ids and what a real sweep would do with each; nothing is run."""
     import pandas as pd
 
     rows = [
         {
             "#": i,
-            "run": p["name"],
-            "run_id": p["run_id"],
-            "in store": p["status"] or "—",
-            "action": "skip" if p["skip"] else ("rerun (force)" if p["status"] else "train"),
+            "run": p.name,
+            "run_id": p.run_id,
+            "in store": p.status or "—",
+            "action": "skip" if p.skip else ("rerun (force)" if p.status else "train"),
         }
         for i, p in enumerate(plans, 1)
     ]
-    n_run = sum(not p["skip"] for p in plans)
-    dirs = ", ".join(dict.fromkeys(p["results_dir"] for p in plans))
+    n_run = sum(not p.skip for p in plans)
+    dirs = ", ".join(dict.fromkeys(p.results_dir for p in plans))
     print(f"== preview: {len(plans)} jobs, {n_run} to train, {len(plans) - n_run} already done; store: {dirs} ==")
     print(pd.DataFrame(rows).to_markdown(index=False, stralign="right", disable_numparse=True))
     print("(nothing was run; drop preview=true to run)")
 
 
-def print_summary(jobs: list[dict[str, Any]]) -> None:
+def print_summary(jobs: list[RunPlan]) -> None:
     """One line per job of this sweep, read back from the store (rows written by any process)."""
     if not jobs:
         return
@@ -118,16 +91,16 @@ def print_summary(jobs: list[dict[str, Any]]) -> None:
         return "—" if value is None or pd.isna(value) else format(value, spec)
 
     lines, unmeasured = [], "not measured"
-    dirs = list(dict.fromkeys(j["results_dir"] for j in jobs))
+    dirs = list(dict.fromkeys(j.results_dir for j in jobs))
     for rdir in dirs:
         runs = load_runs(rdir).set_index("run_id")
-        for j in (j for j in jobs if j["results_dir"] == rdir):
-            r = runs.loc[j["run_id"]] if j["run_id"] in runs.index else None
+        for j in (j for j in jobs if j.results_dir == rdir):
+            r = runs.loc[j.run_id] if j.run_id in runs.index else None
             get = (lambda c: None) if r is None else r.get
             lines.append(
                 {
-                    "run": j["name"],
-                    "run_id": j["run_id"],
+                    "run": j.name,
+                    "run_id": j.run_id,
                     "status": "missing" if r is None else r.status,
                     "val ppl": fmt(get("val_ppl"), ".3f"),
                     "train tok/s": unmeasured if r is not None and r.status == "completed"
@@ -161,13 +134,9 @@ class ValidateBeforeRun(Callback):
             if config.preview:
                 print_preview([plan])
                 raise SystemExit(0)
-            if plan["skip"]:
+            if plan.skip:
                 print_skips([plan])
                 raise SystemExit(0)
             prepare_data([plan])
         except ConfigError as e:  # Hydra turns callback exceptions into warnings: exit here instead
             exit_with(e)
-
-
-def announce_jobs(n: int) -> None:
-    os.environ[TOTAL_ENV] = str(n)  # inherited by joblib / submitit job processes

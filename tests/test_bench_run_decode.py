@@ -60,7 +60,7 @@ def test_bad_decode_settings_fail_before_training(override: str, message: str, t
 def test_decode_plan_fits_the_block(block: int, new: int, prompt: int, fill: bool, expected: tuple) -> None:
     from omegaconf import OmegaConf
 
-    from gqa_sweep.train import decode_plan
+    from gqa_sweep.run.measure import decode_plan
 
     cfg = OmegaConf.create({"data": {"block_size": block}, "metrics": {
         "decode_batch": 8, "decode_new_tokens": new, "decode_prompt_tokens": prompt, "decode_fill_cache": fill}})

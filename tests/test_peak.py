@@ -59,7 +59,7 @@ def test_device_peak_uses_the_env_cache(tmp_path, monkeypatch):
 def test_precision_auto_falls_back_to_fp32_without_native_bf16(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from gqa_sweep import train
+    from gqa_sweep.run import build as train
 
     for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
         monkeypatch.setattr(train, "native_bf16", lambda acc, n=native: (n, "" if n else "this CPU has no native bf16"))

@@ -1,9 +1,23 @@
-"""Data: corpora (embedded, local text, Hugging Face) -> tokenizers -> a LightningDataModule."""
+"""Data: corpora (embedded, local text, Hugging Face) -> tokenizers -> a LightningDataModule.
 
-from gqa_sweep.data.common import DataError
-from gqa_sweep.data.hf import load_hf
-from gqa_sweep.data.module import CorpusDataModule
-from gqa_sweep.data.mqar_module import MQARDataModule
-from gqa_sweep.data.text import load_shakespeare, load_text
+The exports load lazily: the torch-free parts (data.mqar's spec checks, data.common) are imported by the
+sweep's plan step, which must not pay for torch and Lightning.
+"""
 
-__all__ = ["CorpusDataModule", "DataError", "MQARDataModule", "load_hf", "load_shakespeare", "load_text"]
+from importlib import import_module
+
+_EXPORTS = {
+    "CorpusDataModule": "gqa_sweep.data.module",
+    "DataError": "gqa_sweep.data.common",
+    "MQARDataModule": "gqa_sweep.data.mqar_module",
+    "load_hf": "gqa_sweep.data.hf",
+    "load_shakespeare": "gqa_sweep.data.text",
+    "load_text": "gqa_sweep.data.text",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gqa_sweep.data' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

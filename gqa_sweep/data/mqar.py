@@ -125,6 +125,56 @@ class MQARSpec:
         return "mqar-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def segments_of(value, default: Segment, key: str) -> tuple[Segment, ...]:
+    """`[[seq_len, num_kv_pairs], ...]` from the config (null: the single default segment)."""
+    if value is None:
+        return (default,)
+    try:
+        segs = tuple(Segment(int(t), int(k)) for t, k in value)
+    except (TypeError, ValueError):
+        raise DataError(f"data.{key}={value} must be a list of [seq_len, num_kv_pairs] pairs, "
+                        f"e.g. data.{key}=[[64,4],[128,8]]") from None
+    if not segs:
+        raise DataError(f"data.{key} is empty; give at least one [seq_len, num_kv_pairs] pair or null")
+    return segs
+
+
+def mqar_spec(vocab_size: int = 8192, seq_len: int = 64, num_kv_pairs: int = 4, train_segments: list | None = None,
+              test_segments: list | None = None, num_train: int = 20_000, num_test: int = 1_000,
+              power_a: float = 0.01, random_non_queries: bool = True, gen_seed: int = 0, **_) -> MQARSpec:
+    """The spec of a `data=mqar` config (its other keys, batch and block sizes, are the loader's)."""
+    default = Segment(int(seq_len), int(num_kv_pairs))
+    return MQARSpec(
+        vocab_size=int(vocab_size),
+        train_segments=segments_of(train_segments, default, "train_segments"),
+        test_segments=segments_of(test_segments, default, "test_segments"),
+        num_train=int(num_train),
+        num_test=int(num_test),
+        power_a=float(power_a),
+        random_non_queries=bool(random_non_queries),
+        gen_seed=int(gen_seed),
+    )
+
+
+def check_mqar(spec: MQARSpec, block_size: int, batch_size: int, max_steps: int) -> None:
+    """Every MQAR constraint, torch-free, so a sweep's plan step checks it before torch loads."""
+    for key, segs in (("train_segments", spec.train_segments), ("test_segments", spec.test_segments)):
+        for seg in segs:
+            check_segment(seg, spec.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
+    longest = max(seg.seq_len for seg in spec.train_segments + spec.test_segments)
+    if block_size < longest:
+        raise DataError(f"data.block_size={block_size} is shorter than the longest MQAR segment "
+                        f"({longest} tokens); set data.block_size={longest}")
+    for key in ("num_train", "num_test"):
+        if getattr(spec, key) <= 0:
+            raise DataError(f"data.{key}={getattr(spec, key)} must be a positive integer")
+    if not spec.power_a > 0:
+        raise DataError(f"data.power_a={spec.power_a} must be > 0 (Zoology uses 0.01)")
+    for key, value in (("batch_size", batch_size), ("max_steps", max_steps)):
+        if value <= 0:
+            raise DataError(f"data.{key}={value} must be a positive integer")
+
+
 def generate(spec: MQARSpec) -> dict[str, np.ndarray]:
     """Arrays `{split}_{i}_inputs` / `{split}_{i}_labels` for every segment, as int16/int32 to keep caches small."""
     dtype = np.int16 if spec.vocab_size <= 1 << 15 else np.int32

@@ -46,23 +46,24 @@ class GQASweeper(BasicSweeper):
     def split_arguments(self, overrides: List[Override], max_batch_size: Optional[int]) -> List[List[List[str]]]:
         from gqa_sweep import sweep
         from gqa_sweep.config import ConfigError
+        from gqa_sweep.plan import announce_jobs
 
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         try:
             plans = sweep.plan_sweep(jobs, self._job_config)
-            if plans and plans[0]["cfg"].preview:
+            if plans and plans[0].cfg.preview:
                 sweep.print_preview(plans)
                 raise _NothingToRun
             sweep.print_skips(plans)
-            todo = [p for p in plans if not p["skip"]]
+            todo = [p for p in plans if not p.skip]
             sweep.prepare_data(todo)
         except ConfigError as e:
             sweep.exit_with(e)
         self.jobs = plans
         if not todo:
             raise _NothingToRun
-        sweep.announce_jobs(len(todo))
-        to_run = [p["overrides"] for p in todo]
+        announce_jobs(len(todo))
+        to_run = [p.overrides for p in todo]
         n = max_batch_size or len(to_run)
         return [to_run[i : i + n] for i in range(0, len(to_run), n)]
 

@@ -1,0 +1,58 @@
+"""Numbers a run takes after training: FLOPs per token, MFU, KV-cache bytes, decode speed."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from omegaconf import DictConfig
+
+from gqa_sweep.kv import DTYPE_BYTES
+from gqa_sweep.metrics import decode_tokens_per_s, device_name, flops_per_token, precision_dtype
+from gqa_sweep.module import LMModule
+from gqa_sweep.peak import device_peak
+
+
+def decode_plan(cfg: DictConfig) -> tuple[int, int, int]:
+    """(batch, prompt, new tokens) of the per-run decode; the cache ends holding prompt + new tokens.
+
+    New tokens are capped at half the block, so the default 64 also fits a short block (e.g. MQAR's 64).
+    metrics.decode_fill_cache=true grows the prompt so the cache ends full (block_size tokens): the
+    cache-bound setting where fewer KV heads pay off; otherwise the prompt is metrics.decode_prompt_tokens.
+    """
+    block, m = int(cfg.data.block_size), cfg.metrics
+    new = min(int(m.decode_new_tokens), max(1, block // 2))
+    prompt = block - new if m.get("decode_fill_cache", False) else min(int(m.decode_prompt_tokens), block - new)
+    return int(m.decode_batch), prompt, new
+
+
+def measure(cfg: DictConfig, module: LMModule, dm, trainer, summary: dict) -> dict:
+    """Per-run numbers taken after training: FLOPs, MFU, KV bytes, decode speed."""
+    device = trainer.strategy.root_device
+    model = module.model
+    dtype = precision_dtype(cfg.trainer.precision)
+    kv_dtype = dtype if dtype in ("bf16", "fp16") else "fp32"
+    fpt = flops_per_token(model, int(cfg.data.block_size))
+    peak, peak_source = device_peak(device, dtype)
+    batch, prompt_tokens, new = decode_plan(cfg)
+    out = {
+        "device": device_name(device),
+        "flops_per_token": fpt,
+        "model_flops_per_s": summary["train_tokens_per_s"] * fpt,
+        "mfu": summary["train_tokens_per_s"] * fpt / peak,
+        "peak_flops": peak,
+        "peak_source": peak_source,
+        "kv_dtype": kv_dtype,
+        "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
+        "decode_tokens_per_s": math.nan,
+        "decode_batch": batch,
+        "decode_context": prompt_tokens + new,
+    }
+    if summary["diverged_step"] is None and trainer.is_global_zero:
+        # Decode as it would be served: weights and cache in the training compute dtype.
+        torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[kv_dtype]
+        infer = copy.deepcopy(model).to(device=device, dtype=torch_dtype)
+        prompt = dm.sample_prompt(batch, prompt_tokens).to(device)
+        out["decode_tokens_per_s"] = decode_tokens_per_s(infer, prompt, new)
+    return out

@@ -1,0 +1,96 @@
+"""`run(cfg)`: train one model at one G and write its row. The function reads as the run's steps; each step
+is a function of its own in this package (build, weights, trainer, loggers, measure, row)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from gqa_sweep.checkpoint import save_model
+from gqa_sweep.config import max_steps_of
+from gqa_sweep.plan import TOTAL_ENV, RunPlan, plan_job
+from gqa_sweep.run.build import build_data, build_module, build_run_dir, resolve_precision, seed_and_threads
+from gqa_sweep.run.loggers import build_loggers, finish_wandb
+from gqa_sweep.run.measure import measure
+from gqa_sweep.run.row import Clock, describe_run, failed_row, finished_row, run_line
+from gqa_sweep.run.trainer import build_metrics, build_trainer
+from gqa_sweep.run.weights import initial_weights
+
+log = logging.getLogger("gqa_sweep")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train one model and write its row; returns the row (or the stored one when skipped)."""
+    plan = plan_job(cfg)
+    if plan.skip:
+        log.info("skip %s (%s): already %s in %s; force=true reruns it", plan.name, plan.run_id, plan.status,
+                 plan.store.path)
+        return plan.store.get(plan.run_id)
+    announce_run(plan)
+    resolve_precision(cfg)
+    clock = Clock()
+    seed_and_threads(cfg)
+    dm = build_data(cfg)
+    module = build_module(cfg, dm)
+    parent_id = initial_weights(cfg, module, train_parent=run) if cfg.init.method != "scratch" else None
+    run_dir = build_run_dir(cfg, plan.run_id, dm)
+    metrics = build_metrics(cfg, dm.vocab_size_actual)
+    loggers = build_loggers(cfg, run_dir, plan.name, plan.run_id, plan.config)
+    trainer = build_trainer(cfg, run_dir, plan.name, metrics, loggers)
+    base = describe_run(cfg, plan, module, dm, parent_id, clock)
+    row = None
+    try:
+        summary, val_loss = train_and_validate(trainer, module, dm, metrics, run_dir / "last.ckpt", base["max_steps"])
+        row = finished_row(base, summary, measure(cfg, module, dm, trainer, summary), val_loss, module, dm, trainer,
+                           clock)
+        if trainer.is_global_zero:
+            record_run(plan, row, metrics, module, run_dir)
+        return row
+    except Exception as e:
+        if trainer.is_global_zero:
+            plan.store.write_run(failed_row(base, metrics.summary(trainer.strategy.root_device), e, clock),
+                                 metrics.history)
+            log.error("%s %s failed: %s: %s (recorded in %s)", plan.name, plan.run_id, e.__class__.__name__, e,
+                      plan.store.path)
+        raise
+    finally:
+        finish_wandb(loggers, row)
+
+
+def announce_run(plan: RunPlan) -> None:
+    """The sweep-level line: `run 3/12: H8-G2-s1 (id)`, so a long sweep shows where it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    where = ""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and os.environ.get(TOTAL_ENV):
+        where = f" {HydraConfig.get().job.num + 1}/{os.environ[TOTAL_ENV]}"
+    log.info("run%s: %s (%s), %d steps -> %s", where, plan.name, plan.run_id, max_steps_of(plan.config),
+             plan.results_dir)
+
+
+def train_and_validate(trainer, module, dm, metrics, ckpt: Path, steps: int) -> tuple[dict, float]:
+    """Fit (resuming from `ckpt` after a crash), then one final validation unless the run diverged."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*The number of training batches.*")
+        if steps > 0:  # an uptraining run with alpha = 0 only validates its converted weights
+            trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt.exists() else None)
+        summary = metrics.summary(trainer.strategy.root_device)
+        val_loss = float("nan")
+        if summary["diverged_step"] is None:
+            val_loss = trainer.validate(module, datamodule=dm, verbose=False)[0]["val_loss"]
+    return summary, val_loss
+
+
+def record_run(plan: RunPlan, row: dict, metrics, module, run_dir: Path) -> None:
+    """The row and history in one transaction; the weights kept as model.pt, the resume checkpoint dropped."""
+    if row["status"] != "diverged":
+        save_model(module.model, run_dir / "model.pt", meta={"run_id": plan.run_id, "steps": row["max_steps"]})
+    plan.store.write_run(row, metrics.history)
+    (run_dir / "last.ckpt").unlink(missing_ok=True)  # the run is recorded; model.pt keeps the weights
+    log.info("%s", run_line(plan.name, plan.run_id, row))
