@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 
@@ -10,6 +11,15 @@ import lightning as L
 import torch
 
 from gqa_sweep.metrics import count_spikes, percentiles
+from gqa_sweep.val_stats import IGNORE
+
+CONTENDED_UTIL = 0.75  # below it a CPU run's threads waited for cores (docs/metrics.md)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, every thread included."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 class RunMetrics(L.Callback):
@@ -38,8 +48,9 @@ class RunMetrics(L.Callback):
         self.flush_every = flush_every
         self.history: list[dict] = []
         self.diverged_step: int | None = None
-        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, float | None]] = []
-        self._timed_tokens = 0
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor, float, float | None, tuple]] = []
+        self._timed_tokens = 0  # tokens that carry a loss target (text: every position; MQAR: the queries)
+        self._timed_processed = 0  # every position of every sequence, padding and MQAR's context included
         self._timed_s = 0.0
         self._window_t0: float | None = None
         self._window_steps = 0
@@ -59,6 +70,8 @@ class RunMetrics(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.resumed_from_step = trainer.global_step
         self._window_t0 = None
+        # How much of the machine the run had: the 1-minute load and the process's CPU time over the fit.
+        self._load_start, self._cpu_t0 = os.getloadavg()[0], (_cpu_seconds(), time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -67,7 +80,9 @@ class RunMetrics(L.Callback):
         if self.attn_logit_every and step % self.attn_logit_every == 0:
             logit = pl_module.model.max_attn_logit(batch[0][:4])
         grad_norm = pl_module.last_grad_norm if pl_module.last_grad_norm is not None else torch.tensor(math.nan)
-        self._pending.append((step, pl_module.last_loss, grad_norm, lr, logit))
+        # Tokens with a loss target (kept on the device until the flush) and positions processed.
+        tokens = (batch[1].ne(IGNORE).sum(), batch[0].numel())
+        self._pending.append((step, pl_module.last_loss, grad_norm, lr, logit, tokens))
         if len(self._pending) >= self.flush_every:
             self._flush(trainer, pl_module)
 
@@ -85,6 +100,11 @@ class RunMetrics(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer, pl_module)
+        if getattr(self, "_cpu_t0", None) is not None:
+            cpu0, t0 = self._cpu_t0
+            wall = max(time.perf_counter() - t0, 1e-9)
+            self.cpu_util = (_cpu_seconds() - cpu0) / (wall * torch.get_num_threads())
+            self.load = (self._load_start, os.getloadavg()[0])
 
     def _flush(self, trainer, pl_module) -> None:
         if not self._pending:
@@ -96,10 +116,10 @@ class RunMetrics(L.Callback):
         # The throughput window starts after the warm-up steps and after each validation pause.
         tok_s = math.nan
         if self._window_t0 is not None:
-            n = len(steps)
             dt = now - self._window_t0
-            tokens = n * self.tokens_per_step * trainer.world_size
+            tokens = int(torch.stack([p[5][0] for p in self._pending]).sum()) * trainer.world_size
             self._timed_tokens += tokens
+            self._timed_processed += sum(p[5][1] for p in self._pending) * trainer.world_size
             self._timed_s += dt
             tok_s = tokens / dt
             self._window_tok_s.append(tok_s)
@@ -107,8 +127,9 @@ class RunMetrics(L.Callback):
             self._window_t0 = now
         losses = torch.stack([p[1].float() for p in self._pending]).tolist()
         norms = torch.stack([p[2].float() for p in self._pending]).tolist()
-        for (step, _, _, lr, logit), loss, norm in zip(self._pending, losses, norms):
-            row = {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": tok_s, "max_attn_logit": logit}
+        for (step, _, _, lr, logit, _), loss, norm in zip(self._pending, losses, norms):
+            row = {"step": step, "loss": loss, "grad_norm": norm, "lr": lr, "tokens_per_s": tok_s,
+                   "max_attn_logit": logit}
             self.history.append(row)
             curves = {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None and v == v}
             for lg in trainer.loggers:  # CSV / wandb curves, one point per step
@@ -143,11 +164,27 @@ class RunMetrics(L.Callback):
             "train_tokens_per_s": (
                 self._timed_tokens / self._timed_s if self._timed_s > 0 else math.nan
             ),
+            "train_tokens_processed_per_s": (
+                self._timed_processed / self._timed_s if self._timed_s > 0 else math.nan
+            ),
             "train_tokens_per_s_p10": p10,
             "train_tokens_per_s_p90": p90,
             "peak_mem_bytes": int(peak),
             "resumed_from_step": getattr(self, "resumed_from_step", 0) or None,
+            **self.contention(device),
         }
+
+    def contention(self, device: torch.device) -> dict:
+        """Whether the run had its share of the machine: `cpu_util` = process CPU time / (wall x threads) over
+        the fit (a CPU run with its cores reads ~1; other work on the cores pulls it down), and the 1-minute
+        load average at the fit's start and end. Contended: cpu_util < 0.75 on a CPU run, or a load above
+        the cores + 1 (more runnable threads than cores). Its throughput is then not comparable."""
+        util = getattr(self, "cpu_util", math.nan)
+        start, end = getattr(self, "load", (math.nan, math.nan))
+        cores = os.cpu_count() or 1
+        contended = max(start, end) > cores + 1 or (device.type == "cpu" and util < CONTENDED_UTIL)
+        return {"cpu_util": util, "load_start": start, "load_end": end,
+                "contended": bool(contended) if math.isfinite(util) else None}
 
 
 class StepProgress(L.Callback):
@@ -173,7 +210,7 @@ class StepProgress(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step, now = trainer.global_step, time.perf_counter()
-        if self.bar is None or now - self._last[1] < self.refresh_s and step < self.max_steps:
+        if self.bar is None or (now - self._last[1] < self.refresh_s and step < self.max_steps):
             return
         tok_s = (step - self._last[0]) * self.tokens_per_step * trainer.world_size / max(now - self._last[1], 1e-9)
         self.bar.set_postfix_str(f"loss {pl_module.last_loss.item():.3f}, {tok_s:,.0f} tok/s", refresh=False)

@@ -144,10 +144,12 @@ def matched_d_ff(cfg: ModelConfig) -> int:
 
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
+# The sweep is a label (a run reused by another sweep carries both; gqa_sweep.results' `sweeps` table).
 IDENTITY_EXCLUDE = (
     "results_dir",
     "force",
     "logger",
+    "sweep",
     "data.cache_dir",
     "data.num_workers",
     "trainer.enable_progress_bar",
@@ -170,8 +172,33 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.create(d), resolve=True)
 
 
+def normalised(cfg: dict) -> dict:
+    """The same computation spelled one way, so it gets one run id and one name: a setting that changes
+    nothing is written as its default. `model.param_match=ffn` where the matched FFN is the plain one (G = H),
+    an explicit d_head or d_ff equal to the default, a per-layer G list of one value. An invalid model is left
+    as given (validate reports it). `trainer.precision` must already be resolved (gqa_sweep.plan)."""
+    cfg = copy.deepcopy(cfg)
+    m = cfg["model"]
+    try:
+        plain = ModelConfig(**model_config({**cfg, "model": {**m, "param_match": "none"}}, vocab_size=256))
+        used = ModelConfig(**model_config(cfg, vocab_size=256))
+        default = ModelConfig(**{**plain.to_dict(), "d_head": None, "d_ff": None})
+    except (ValueError, TypeError):
+        return cfg
+    if m.get("param_match", "none") != "none" and used.d_ff == plain.d_ff:
+        m["param_match"] = "none"
+    if m.get("d_head") is not None and m["d_head"] == default.d_head and m["d_model"] % m["n_heads"] == 0:
+        m["d_head"] = None
+    if m.get("d_ff") is not None and m["d_ff"] == default.d_ff:
+        m["d_ff"] = None
+    if isinstance(m.get("n_kv_heads"), list) and plain.uniform:
+        m["n_kv_heads"] = plain.n_kv_heads
+    return cfg
+
+
 def run_id_of(cfg: dict) -> str:
-    """A hash of the resolved config minus output/logging keys: the same experiment, the same id."""
+    """A hash of the run's computation: its resolved, normalised config minus output, logging and sweep
+    labels. The same computation, the same id, whichever sweep asks for it."""
     ident = copy.deepcopy(cfg)
     for key in IDENTITY_EXCLUDE:
         *parents, leaf = key.split(".")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -35,21 +34,6 @@ def precision_dtype(precision: str | int) -> str:
     if p.startswith("64"):
         return "fp64"
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 and torch.cuda.is_available() else "fp32"
-
-
-def native_bf16(accelerator: str) -> tuple[bool, str]:
-    """Whether the run's device computes bf16 natively (a GPU that supports it; a CPU with avx512_bf16 or
-    amx_bf16), and why not. Elsewhere oneDNN emulates bf16 matmuls through fp32, slower than fp32 itself."""
-    if accelerator != "cpu" and torch.cuda.is_available():
-        ok = torch.cuda.is_bf16_supported()
-        return ok, "" if ok else f"{torch.cuda.get_device_name()} has no bf16"
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return False, "this CPU's bf16 support is unknown (no /proc/cpuinfo)"
-    flags = {f for line in lines if line.startswith("flags") for f in line.split(":", 1)[1].split()}
-    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
-    return bool(found), "" if found else "this CPU has no native bf16 (no avx512_bf16 or amx_bf16 in /proc/cpuinfo)"
 
 
 def device_name(device: torch.device | str) -> str:

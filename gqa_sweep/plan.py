@@ -7,17 +7,34 @@ Both sides import it, so the sweep never imports the run and the run never impor
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from omegaconf import DictConfig
 
-from gqa_sweep.config import ConfigError, max_steps_of, resolved, results_dir, run_id_of, run_name, validate
+from gqa_sweep.config import (
+    ConfigError,
+    ModelConfig,
+    max_steps_of,
+    model_config,
+    non_embedding_params,
+    normalised,
+    resolved,
+    results_dir,
+    run_id_of,
+    run_name,
+    validate,
+)
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.mqar import check_mqar, mqar_spec
+from gqa_sweep.precision import resolve_precision
 from gqa_sweep.results import ResultsStore, StoreError
 
 TOTAL_ENV = "GQA_SWEEP_JOBS"  # jobs this sweep launches: read by each job for its `run i/N` line
+PLAN_ENV = "GQA_SWEEP_PLAN"  # the sweep's jobs (id, shape, steps, work) and start: each job's ETA line
 DONE = ("completed", "diverged")  # a run in one of these states is not trained again unless force=true
 
 
@@ -26,12 +43,13 @@ class RunPlan:
     """What a sweep (or a single run) will do with one job."""
 
     cfg: DictConfig
-    config: dict  # the resolved config as planned (precision still as given: the run id keeps `auto`)
+    config: dict  # the computation: resolved config, precision resolved, no-op settings normalised
     overrides: list[str] | None
     run_id: str
     name: str
     results_dir: str
     status: str | None  # the run's status in the store, None if it is not there
+    stored_id: str | None = None  # the id it is stored under: run_id, or the id an older version gave it
 
     @property
     def skip(self) -> bool:
@@ -57,13 +75,99 @@ def check_inputs(cfg: DictConfig) -> None:
         raise ConfigError(str(e)) from None
 
 
-def plan_job(cfg: DictConfig, overrides: list[str] | None = None) -> RunPlan:
-    """Check one job and look it up in the store."""
-    check_inputs(cfg)
+def planned_config(cfg: DictConfig) -> dict:
+    """The run's computation as plain data: `trainer.precision=auto` resolved for this device, settings that
+    change nothing normalised (config.normalised). Its hash is the run id."""
     config = resolved(cfg)
-    run_id, rdir = run_id_of(config), results_dir(cfg)
-    return RunPlan(cfg, config, overrides, run_id, run_name(config), str(rdir), ResultsStore(rdir).status(run_id))
+    trainer = config["trainer"]
+    trainer["precision"], _ = resolve_precision(trainer["precision"], trainer.get("accelerator", "cpu"))
+    return normalised(config)
 
 
-def announce_jobs(n: int) -> None:
-    os.environ[TOTAL_ENV] = str(n)  # inherited by joblib / submitit job processes
+def stored_identity(config_json: str | None, precision: str | None) -> str | None:
+    """The run id this version gives a stored row's computation (rows of older versions were hashed with the
+    sweep name and `auto` precision): its config with the precision it ran in, normalised."""
+    if not config_json:
+        return None
+    try:
+        config = json.loads(config_json)
+        if precision:
+            config["trainer"]["precision"] = precision
+        return run_id_of(normalised(config))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def store_index(store: ResultsStore) -> dict[str, tuple[str, str]]:
+    """computation id -> (stored run id, status) over the whole store; a done row wins over a failed one."""
+    index: dict[str, tuple[str, str]] = {}
+    for run_id, status, config_json, precision in store.stored_runs():
+        for ident in {run_id, stored_identity(config_json, precision)} - {None}:
+            if ident not in index or (status in DONE and index[ident][1] not in DONE):
+                index[ident] = (run_id, status)
+    return index
+
+
+def plan_job(cfg: DictConfig, overrides: list[str] | None = None,
+             index: dict[str, tuple[str, str]] | None = None) -> RunPlan:
+    """Check one job and find its computation in the store (under its id, or an older version's);
+    `index` (store_index) saves a sweep from scanning the store once per job."""
+    check_inputs(cfg)
+    config = planned_config(cfg)
+    run_id, store = run_id_of(config), ResultsStore(results_dir(cfg))
+    stored_id, status = run_id, store.status(run_id)
+    if status is None:
+        stored_id, status = (index if index is not None else store_index(store)).get(run_id, (None, None))
+    return RunPlan(cfg, config, overrides, run_id, run_name(config), str(store.dir), status, stored_id)
+
+
+def job_cost(plan: RunPlan) -> tuple[str, int, float]:
+    """(model shape, steps, work) of a job: the ETA scales runs of one shape by steps, across shapes by work
+    (steps x tokens per step x non-embedding parameters, a FLOPs proxy)."""
+    c = plan.config
+    m, d, steps = c["model"], c["data"], max(1, max_steps_of(c))
+    shape = f"L{m['n_layers']}-d{m['d_model']}-H{m['n_heads']}-T{d['block_size']}-B{d['batch_size']}"
+    try:
+        n = non_embedding_params(ModelConfig(**model_config(c, vocab_size=256)))
+    except (ValueError, TypeError):
+        n = 1
+    return shape, steps, float(steps) * d["batch_size"] * d["block_size"] * n
+
+
+def announce_jobs(plans: list[RunPlan]) -> None:
+    """What every job of the sweep reads back (inherited by joblib / submitit processes): how many jobs, for
+    its `run i/N` line, and the whole plan with its start time, for the ETA line after each run."""
+    os.environ[TOTAL_ENV] = str(len(plans))
+    jobs = [[p.run_id, *job_cost(p)] for p in plans]
+    os.environ[PLAN_ENV] = json.dumps({"t0": time.time(), "jobs": jobs})
+
+
+def eta_line(store: ResultsStore) -> str | None:
+    """`sweep: 3/12 runs done in 1m12s; about 3m36s of runs left`: the estimate takes each job left at the
+    mean time per step of the finished runs of its shape, else at their time per unit of work."""
+    try:
+        plan = json.loads(os.environ[PLAN_ENV])
+    except (KeyError, ValueError):
+        return None
+    since = datetime.fromtimestamp(plan["t0"], timezone.utc).isoformat(timespec="seconds")
+    runs = {r["run_id"]: r for r in store.finished_since(since)}
+    done = [(j, runs[j[0]]["wall_s"]) for j in plan["jobs"] if j[0] in runs and runs[j[0]]["wall_s"] is not None]
+    if not done:
+        return None
+    per_step: dict[str, list[float]] = {}
+    for (_, shape, steps, _), wall in done:
+        per_step.setdefault(shape, []).append(wall / steps)
+    per_work = sum(w for _, w in done) / max(sum(j[3] for j, _ in done), 1e-9)
+    left = sum(
+        steps * sum(per_step[shape]) / len(per_step[shape]) if shape in per_step else work * per_work
+        for run_id, shape, steps, work in plan["jobs"]
+        if run_id not in runs
+    )
+    spent = time.time() - plan["t0"]
+    return (f"sweep: {len(done)}/{len(plan['jobs'])} runs done in {duration(spent)}; "
+            f"about {duration(left)} of runs left (from the runs so far, per model shape)")
+
+
+def duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

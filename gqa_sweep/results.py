@@ -100,6 +100,14 @@ RUN_COLUMNS: dict[str, str] = {
     # The peak FLOP/s `mfu` is taken against, and its source: datasheet (known GPUs) or measured (peak.py).
     "peak_flops": "REAL",
     "peak_source": "TEXT",
+    # Throughput that means one thing: train_tokens_per_s counts tokens with a loss target (MQAR: its
+    # queries); this counts every position processed (docs/metrics.md).
+    "train_tokens_processed_per_s": "REAL",
+    # How much of the machine the run had (docs/metrics.md): throughput of a contended run is not comparable.
+    "cpu_util": "REAL",
+    "load_start": "REAL",
+    "load_end": "REAL",
+    "contended": "INTEGER",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 
@@ -165,6 +173,8 @@ class ResultsStore:
                 "CREATE TABLE IF NOT EXISTS history (run_id TEXT, step INTEGER, loss REAL, grad_norm REAL, "
                 "lr REAL, tokens_per_s REAL, max_attn_logit REAL, PRIMARY KEY (run_id, step))"
             )
+            # A run is one computation; each sweep that trained or reused it labels it here.
+            con.execute("CREATE TABLE IF NOT EXISTS sweeps (run_id TEXT, sweep TEXT, PRIMARY KEY (run_id, sweep))")
 
     def status(self, run_id: str) -> str | None:
         if not self.path.exists():
@@ -180,8 +190,35 @@ class ResultsStore:
         hit = df[df.run_id == run_id]
         return None if hit.empty else hit.iloc[0].to_dict()
 
-    def write_run(self, row: dict, history: Iterable[dict] = ()) -> None:
-        """Upsert one run and replace its history, in a single transaction."""
+    def stored_runs(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(run_id, status, config JSON, precision) of every run: how gqa_sweep.plan finds a computation that
+        an older version stored under another id."""
+        if not self.path.exists():
+            return []
+        with closing(_connect(self.path)) as con:
+            if not _has_table(con, "runs"):
+                return []
+            return con.execute("SELECT run_id, status, config, precision FROM runs ORDER BY started_at").fetchall()
+
+    def finished_since(self, since_iso: str) -> list[dict]:
+        """run_id, status and wall_s of the runs finished at or after an ISO time (a sweep's progress)."""
+        if not self.path.exists():
+            return []
+        with closing(_connect(self.path)) as con:
+            if not _has_table(con, "runs"):
+                return []
+            rows = con.execute("SELECT run_id, status, wall_s FROM runs WHERE finished_at >= ?", (since_iso,))
+            return [dict(zip(("run_id", "status", "wall_s"), r)) for r in rows.fetchall()]
+
+    def add_sweep(self, run_id: str, sweep: str) -> None:
+        """Label a stored run with one more sweep (a sweep that reuses it instead of training it again)."""
+        self._init()
+        with closing(_connect(self.path)) as con, con:
+            con.execute("INSERT OR IGNORE INTO sweeps (run_id, sweep) VALUES (?, ?)", (run_id, sweep))
+
+    def write_run(self, row: dict, history: Iterable[dict] = (), replaces: str | None = None) -> None:
+        """Upsert one run and replace its history, in a single transaction. `replaces`: the id an older
+        version stored the same computation under (a forced rerun supersedes that row; its labels move over)."""
         if row.get("status") not in STATUSES:
             raise ValueError(f"status={row.get('status')!r}; expected one of {STATUSES}")
         unknown = set(row) - set(RUN_COLUMNS)
@@ -199,6 +236,12 @@ class ResultsStore:
         hist = [tuple(_nan_to_none(h.get(c)) for c in HISTORY_COLUMNS) for h in history]
         with closing(_connect(self.path)) as con, con:
             con.execute(sql, [row[c] for c in cols])
+            if replaces is not None and replaces != row["run_id"]:
+                con.execute("UPDATE OR IGNORE sweeps SET run_id = ? WHERE run_id = ?", (row["run_id"], replaces))
+                for table in ("runs", "history", "sweeps"):
+                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", (replaces,))
+            if row.get("sweep") is not None:
+                con.execute("INSERT OR IGNORE INTO sweeps (run_id, sweep) VALUES (?, ?)", (row["run_id"], row["sweep"]))
             con.execute("DELETE FROM history WHERE run_id = ?", (row["run_id"],))
             con.executemany(
                 f"INSERT INTO history (run_id, {', '.join(HISTORY_COLUMNS)}) VALUES (?{', ?' * len(HISTORY_COLUMNS)})",
@@ -207,19 +250,29 @@ class ResultsStore:
 
 
 def load_runs(results_dir: str | Path, sweep: str | None = None) -> pd.DataFrame:
-    """All runs in the store, one row each, with every column of RUN_COLUMNS (NaN where not measured)."""
+    """All runs in the store, one row each, with every column of RUN_COLUMNS (NaN where not measured).
+
+    `sweeps` lists every sweep that trained or reused the run (comma-joined); `sweep=NAME` keeps those runs.
+    """
     import pandas as pd
 
     path = db_path(results_dir)
+    columns = [*RUN_COLUMNS, "sweeps"]
     if not path.exists():
-        return pd.DataFrame(columns=list(RUN_COLUMNS))
+        return pd.DataFrame(columns=columns)
     with closing(_connect(path)) as con:
         if not _has_table(con, "runs"):  # a store being created by another process right now
-            return pd.DataFrame(columns=list(RUN_COLUMNS))
+            return pd.DataFrame(columns=columns)
         df = pd.read_sql_query("SELECT * FROM runs ORDER BY started_at, run_id", con)
+        labels = con.execute("SELECT run_id, sweep FROM sweeps").fetchall() if _has_table(con, "sweeps") else []
+    by_run: dict[str, set[str]] = {}
+    for run_id, label in [*labels, *zip(df.run_id, df.sweep)]:  # a store written before labels: its own sweep
+        if label is not None:
+            by_run.setdefault(run_id, set()).add(label)
+    df["sweeps"] = [",".join(sorted(by_run.get(r, ()))) for r in df.run_id]
     if sweep is not None:
-        df = df[df.sweep == sweep].reset_index(drop=True)
-    return df.reindex(columns=list(RUN_COLUMNS) + [c for c in df.columns if c not in RUN_COLUMNS])
+        df = df[[sweep in by_run.get(r, ()) for r in df.run_id]].reset_index(drop=True)
+    return df.reindex(columns=columns + [c for c in df.columns if c not in columns])
 
 
 def load_history(results_dir: str | Path, run_ids: Iterable[str] | None = None) -> pd.DataFrame:

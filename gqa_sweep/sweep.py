@@ -14,9 +14,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gqa_sweep.config import ConfigError, divisors, resolved
-from gqa_sweep.plan import RunPlan, plan_job
-from gqa_sweep.results import load_runs
+from gqa_sweep.config import ConfigError, divisors, resolved, results_dir
+from gqa_sweep.plan import RunPlan, plan_job, store_index
+from gqa_sweep.results import ResultsStore, load_runs
 
 KV_KEY = "model.n_kv_heads"
 
@@ -38,8 +38,40 @@ def expand_all(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
 
 
 def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConfig]) -> list[RunPlan]:
-    """Expand `all` and validate every job before anything is prepared, trained or written."""
-    return [plan_job(job_config(o), o) for o in expand_all(jobs, job_config)]
+    """Expand `all` and plan every job before anything is prepared, trained or written (the store is
+    indexed once per results dir, not once per job)."""
+    plans, indexes = [], {}
+    for overrides in expand_all(jobs, job_config):
+        cfg = job_config(overrides)
+        rdir = str(results_dir(cfg))
+        if rdir not in indexes:
+            indexes[rdir] = store_index(ResultsStore(rdir))
+        plans.append(plan_job(cfg, overrides, indexes[rdir]))
+    return plans
+
+
+def label_reused(plans: list[RunPlan]) -> None:
+    """A run this sweep reuses (trained by another sweep) joins this sweep: its label in the store, and with
+    logger=wandb a summary-only run in this sweep's wandb group (job_type `reused`)."""
+    for p in plans:
+        if p.skip:
+            p.store.add_sweep(p.stored_id, p.cfg.sweep)
+            if p.cfg.logger.kind == "wandb":
+                log_reused_to_wandb(p)
+
+
+def log_reused_to_wandb(plan: RunPlan) -> None:
+    import wandb
+
+    from gqa_sweep.run.loggers import wandb_mode
+
+    row = plan.store.get(plan.stored_id) or {}
+    logger = plan.cfg.logger
+    wandb.init(project=logger.project, entity=logger.entity, group=plan.cfg.sweep, name=plan.name,
+               job_type="reused", tags=list(logger.tags), config={**plan.config, "run_id": plan.stored_id},
+               dir=plan.results_dir, mode=wandb_mode(logger.mode))
+    wandb.run.summary.update({k: v for k, v in row.items() if k != "config" and v is not None and v == v})
+    wandb.finish()
 
 
 def prepare_data(plans: list[RunPlan]) -> None:
@@ -57,7 +89,7 @@ def prepare_data(plans: list[RunPlan]) -> None:
 def print_skips(plans: list[RunPlan]) -> None:
     for p in plans:
         if p.skip:
-            print(f"skip {p.name} ({p.run_id}): already {p.status} in {p.results_dir}; force=true reruns it")
+            print(f"skip {p.name} ({p.stored_id}): already {p.status} in {p.results_dir}; force=true reruns it")
 
 
 def print_preview(plans: list[RunPlan]) -> None:
@@ -69,7 +101,7 @@ def print_preview(plans: list[RunPlan]) -> None:
             "#": i,
             "run": p.name,
             "run_id": p.run_id,
-            "in store": p.status or "—",
+            "in store": (p.status or "—") + (f" (as {p.stored_id})" if p.status and p.stored_id != p.run_id else ""),
             "action": "skip" if p.skip else ("rerun (force)" if p.status else "train"),
         }
         for i, p in enumerate(plans, 1)
@@ -95,7 +127,7 @@ def print_summary(jobs: list[RunPlan]) -> None:
     for rdir in dirs:
         runs = load_runs(rdir).set_index("run_id")
         for j in (j for j in jobs if j.results_dir == rdir):
-            r = runs.loc[j.run_id] if j.run_id in runs.index else None
+            r = runs.loc[j.stored_id or j.run_id] if (j.stored_id or j.run_id) in runs.index else None
             get = (lambda c: None) if r is None else r.get
             lines.append(
                 {
@@ -136,6 +168,7 @@ class ValidateBeforeRun(Callback):
                 raise SystemExit(0)
             if plan.skip:
                 print_skips([plan])
+                label_reused([plan])
                 raise SystemExit(0)
             prepare_data([plan])
         except ConfigError as e:  # Hydra turns callback exceptions into warnings: exit here instead

@@ -72,7 +72,7 @@ def test_precision_auto_falls_back_to_fp32_without_native_bf16(tmp_path, monkeyp
 
 
 def test_native_bf16_reads_the_cpu_flags():
-    from gqa_sweep.metrics import native_bf16
+    from gqa_sweep.precision import native_bf16
 
     flags = open("/proc/cpuinfo").read()
     native, why = native_bf16("cpu")

@@ -79,14 +79,24 @@ def _wandb_row(run) -> dict:
     return row
 
 
+def sweep_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's sweeps as a set: the store's `sweeps` labels (a run reused by several sweeps has them all),
+    else the run's own `sweep` (wandb rows, stores written before labels)."""
+    own = runs.sweep.astype(object).where(runs.sweep.notna(), None)
+    labels = runs.sweeps if "sweeps" in runs else pd.Series("", index=runs.index)
+    return pd.Series([{*filter(None, str(lab or "").split(","))} | ({o} if o else set())
+                      for lab, o in zip(labels, own)], index=runs.index, dtype=object)
+
+
 def select_sweep(runs: pd.DataFrame, sweep: str | None, where: str) -> pd.DataFrame:
     """Rows of one sweep (all rows if `sweep` is None); an unknown name is an error naming the known ones."""
     if sweep is None:
         return runs
-    known = sorted(runs.sweep.dropna().astype(str).unique())
+    labels = sweep_labels(runs)
+    known = sorted(set().union(*labels)) if len(labels) else []
     if sweep not in known:
         raise ReportError(f"no sweep {sweep!r} in {where}; sweeps: {', '.join(known) or '(none)'}")
-    return runs[runs.sweep == sweep].reset_index(drop=True)
+    return runs[[sweep in lab for lab in labels]].reset_index(drop=True)
 
 
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:

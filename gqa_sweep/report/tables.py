@@ -79,6 +79,11 @@ def _kv_bytes(cell: pd.DataFrame) -> float:
     return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
 
 
+def quiet(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose throughput counts: not marked contended (rows from before the mark count as quiet)."""
+    return runs if "contended" not in runs else runs[runs.contended != 1]
+
+
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Raw numeric ablation table: one row per (model, G) of the from-scratch runs, ordered by size then G."""
     df = prepare(runs)
@@ -96,8 +101,10 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
             **_ppl_stats(done),
             **_counts(cell),
             "val_loss_mean": done.val_loss.mean(),
-            "train_tokens_per_s_median": done.train_tokens_per_s.median(),
-            "decode_tokens_per_s_median": done.decode_tokens_per_s.median(),
+            # Throughput from runs that shared their cores with other work is left out (and counted).
+            "train_tokens_per_s_median": quiet(done).train_tokens_per_s.median(),
+            "decode_tokens_per_s_median": quiet(done).decode_tokens_per_s.median(),
+            "n_contended": int((done.contended == 1).sum()) if "contended" in done else 0,
             "grad_norm_max": done.grad_norm_max.max(),
             "loss_spikes_mean": done.loss_spikes.mean(),
             "lr": cell.lr.iloc[0] if cell.lr.nunique() == 1 else math.nan,
@@ -216,6 +223,10 @@ def _measured(x: float, fmt: str, n_completed: int) -> str:
     return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else _num(x, fmt)
 
 
+def _throughput(text: str, n_contended: int) -> str:
+    return text if not n_contended else f"{text} ({n_contended} contended left out)"
+
+
 def _si(n: float) -> str:
     if pd.isna(n):
         return DASH
@@ -243,8 +254,9 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "val ppl": [_mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": t.n_completed.astype(str),
         "Δ ppl vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
-        "train tok/s": [_measured(x, ",.0f", n) for x, n in zip(t.train_tokens_per_s_median, t.n_completed)],
-        "decode tok/s": t.decode_tokens_per_s_median.map(lambda x: _num(x, ",.0f")),
+        "train tok/s": [_throughput(_measured(x, ",.0f", n), k)
+                        for x, n, k in zip(t.train_tokens_per_s_median, t.n_completed, t.n_contended)],
+        "decode tok/s": [_throughput(_num(x, ",.0f"), k) for x, k in zip(t.decode_tokens_per_s_median, t.n_contended)],
         "grad-norm max": t.grad_norm_max.map(lambda x: _num(x, ".2f")),
         "loss spikes": [_measured(x, ".2f", n) for x, n in zip(t.loss_spikes_mean, t.n_completed)],
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from gqa_sweep.checkpoint import save_model
 from gqa_sweep.config import max_steps_of
-from gqa_sweep.plan import TOTAL_ENV, RunPlan, plan_job
+from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job
 from gqa_sweep.run.build import build_data, build_module, build_run_dir, resolve_precision, seed_and_threads
 from gqa_sweep.run.loggers import build_loggers, finish_wandb
 from gqa_sweep.run.measure import measure
@@ -28,9 +28,10 @@ def run(cfg: DictConfig) -> dict:
     """Train one model and write its row; returns the row (or the stored one when skipped)."""
     plan = plan_job(cfg)
     if plan.skip:
-        log.info("skip %s (%s): already %s in %s; force=true reruns it", plan.name, plan.run_id, plan.status,
+        log.info("skip %s (%s): already %s in %s; force=true reruns it", plan.name, plan.stored_id, plan.status,
                  plan.store.path)
-        return plan.store.get(plan.run_id)
+        plan.store.add_sweep(plan.stored_id, cfg.sweep)
+        return plan.store.get(plan.stored_id)
     announce_run(plan)
     resolve_precision(cfg)
     clock = Clock()
@@ -91,6 +92,13 @@ def record_run(plan: RunPlan, row: dict, metrics, module, run_dir: Path) -> None
     """The row and history in one transaction; the weights kept as model.pt, the resume checkpoint dropped."""
     if row["status"] != "diverged":
         save_model(module.model, run_dir / "model.pt", meta={"run_id": plan.run_id, "steps": row["max_steps"]})
-    plan.store.write_run(row, metrics.history)
+    plan.store.write_run(row, metrics.history, replaces=plan.stored_id)
     (run_dir / "last.ckpt").unlink(missing_ok=True)  # the run is recorded; model.pt keeps the weights
     log.info("%s", run_line(plan.name, plan.run_id, row))
+    if row.get("contended"):
+        log.warning("%s was contended (CPU util %.0f %%, load %.1f-%.1f on %d cores): its throughput is not "
+                    "comparable; rerun it on a quiet machine with force=true", plan.name, 100 * row["cpu_util"],
+                    row["load_start"], row["load_end"], os.cpu_count() or 1)
+    eta = eta_line(plan.store)
+    if eta:
+        log.info("%s", eta)

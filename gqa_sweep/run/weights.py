@@ -16,6 +16,7 @@ from gqa_sweep.checkpoint import load_model
 from gqa_sweep.config import ConfigError, resolved, results_dir, run_id_of
 from gqa_sweep.convert import convert_model, load_source
 from gqa_sweep.module import LMModule
+from gqa_sweep.plan import planned_config
 
 log = logging.getLogger("gqa_sweep")
 
@@ -54,7 +55,7 @@ def initial_weights(cfg: DictConfig, module: LMModule, train_parent: Callable[[D
             raise ConfigError(f"init.checkpoint: {e}") from None
     else:
         parent_cfg = parent_config(cfg)
-        parent_id = run_id_of(resolved(parent_cfg))
+        parent_id = run_id_of(planned_config(parent_cfg))
         model_pt = results_dir(cfg) / "runs" / parent_id / "model.pt"
         with file_lock(results_dir(cfg) / "locks" / f"{parent_id}.lock"):
             if not model_pt.exists():

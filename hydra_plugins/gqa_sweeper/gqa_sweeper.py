@@ -55,6 +55,7 @@ class GQASweeper(BasicSweeper):
                 sweep.print_preview(plans)
                 raise _NothingToRun
             sweep.print_skips(plans)
+            sweep.label_reused(plans)
             todo = [p for p in plans if not p.skip]
             sweep.prepare_data(todo)
         except ConfigError as e:
@@ -62,7 +63,7 @@ class GQASweeper(BasicSweeper):
         self.jobs = plans
         if not todo:
             raise _NothingToRun
-        announce_jobs(len(todo))
+        announce_jobs(todo)
         to_run = [p.overrides for p in todo]
         n = max_batch_size or len(to_run)
         return [to_run[i : i + n] for i in range(0, len(to_run), n)]
