@@ -21,7 +21,7 @@ log = logging.getLogger("gqa_sweep")
 
 def resolve_precision(cfg: DictConfig) -> None:
     """`trainer.precision=auto`: bf16-mixed where the device computes bf16 natively, else 32-true with a note.
-    The run's config.yaml and row record the precision used; the run id keeps `auto`."""
+    The run id (gqa_sweep.plan), config.yaml and row all record the precision used."""
     if str(cfg.trainer.precision) != "auto":
         return
     native, why = native_bf16(str(cfg.trainer.accelerator))
