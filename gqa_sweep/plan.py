@@ -50,10 +50,11 @@ class RunPlan:
     results_dir: str
     status: str | None  # the run's status in the store, None if it is not there
     stored_id: str | None = None  # the id it is stored under: run_id, or the id an older version gave it
+    same_as: int | None = None  # an earlier job of the same sweep computes the same run (its 1-based number)
 
     @property
     def skip(self) -> bool:
-        return self.status in DONE and not self.cfg.force
+        return self.same_as is not None or (self.status in DONE and not self.cfg.force)
 
     @property
     def store(self) -> ResultsStore:

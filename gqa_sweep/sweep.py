@@ -47,6 +47,13 @@ def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
         if rdir not in indexes:
             indexes[rdir] = store_index(ResultsStore(rdir))
         plans.append(plan_job(cfg, overrides, indexes[rdir]))
+    first: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(plans, 1):  # two spellings of one computation (param_match=ffn at G = H): trained once
+        key = (p.results_dir, p.run_id)
+        if key in first:
+            p.same_as = first[key]
+        else:
+            first[key] = i
     return plans
 
 
@@ -54,7 +61,7 @@ def label_reused(plans: list[RunPlan]) -> None:
     """A run this sweep reuses (trained by another sweep) joins this sweep: its label in the store, and with
     logger=wandb a summary-only run in this sweep's wandb group (job_type `reused`)."""
     for p in plans:
-        if p.skip:
+        if p.skip and p.stored_id is not None:
             p.store.add_sweep(p.stored_id, p.cfg.sweep)
             if p.cfg.logger.kind == "wandb":
                 log_reused_to_wandb(p)
@@ -88,7 +95,9 @@ def prepare_data(plans: list[RunPlan]) -> None:
 
 def print_skips(plans: list[RunPlan]) -> None:
     for p in plans:
-        if p.skip:
+        if p.same_as is not None:
+            print(f"skip {p.name} ({p.run_id}): the same computation as job {p.same_as} of this sweep")
+        elif p.skip:
             print(f"skip {p.name} ({p.stored_id}): already {p.status} in {p.results_dir}; force=true reruns it")
 
 
@@ -102,7 +111,8 @@ def print_preview(plans: list[RunPlan]) -> None:
             "run": p.name,
             "run_id": p.run_id,
             "in store": (p.status or "—") + (f" (as {p.stored_id})" if p.status and p.stored_id != p.run_id else ""),
-            "action": "skip" if p.skip else ("rerun (force)" if p.status else "train"),
+            "action": f"same as #{p.same_as}" if p.same_as else "skip" if p.skip
+            else ("rerun (force)" if p.status else "train"),
         }
         for i, p in enumerate(plans, 1)
     ]

@@ -60,12 +60,13 @@ def test_a_fair_sweep_records_widths_and_reports_the_three_readings(tmp_path):
                      "optim.lr=3e-3,1e-2", "sweep=fair", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = load_runs(results)
-    assert len(runs) == 8
-    rows = runs[(runs.param_match == "ffn") & (runs.lr == 3e-3)].set_index("n_kv_heads")
-    assert rows.run_name[1].endswith("-matchffn")
-    mha, mqa = rows.n_params_non_embedding[8], rows.n_params_non_embedding[1]
+    # 8 jobs, 6 computations: param_match=ffn at G = H widens nothing, so it is the plain MHA run, trained once
+    assert len(runs) == 6 and proc.stdout.count("the same computation as job") == 2
+    rows = runs[runs.lr == 3e-3].set_index(["param_match", "n_kv_heads"])
+    assert rows.run_name["ffn", 1].endswith("-matchffn")
+    mha, mqa = rows.n_params_non_embedding["none", 8], rows.n_params_non_embedding["ffn", 1]
     assert abs(mqa - mha) / mha <= 0.005
-    assert rows.d_ff[1] > rows.d_ff[8] == 96  # tiny at d_model 32: 32 * ceil(85.3 / 32)
+    assert rows.d_ff["ffn", 1] > rows.d_ff["none", 8] == 96  # tiny at d_model 32: 32 * ceil(85.3 / 32)
     assert report([str(results), "--out", str(tmp_path / "report")]) == 0
     fair = (tmp_path / "report" / "fair.md").read_text()
     assert "matched params: Δ vs MHA" in fair and fair.count("| tiny ") == 2
