@@ -15,6 +15,25 @@ ROOT = Path(__file__).resolve().parents[1]
 # The measured-peak cache (gqa_sweep/peak.py) of every run in the tests, in-process and in subprocesses: not ~.
 os.environ.setdefault("GQA_SWEEP_CACHE", tempfile.mkdtemp(prefix="gqa-sweep-cache-"))
 
+
+def _plant_peaks() -> None:
+    """A quick small-matmul peak per dtype and thread count, planted in the session's cache: a real peak is
+    seconds of 3,072² matmuls and never cached on a busy machine, so every run of the tests would measure it."""
+    from gqa_sweep.metrics import device_name
+    from gqa_sweep.peak import cache_file, cache_key, cached, measure_peak, store
+
+    n = torch.get_num_threads()
+    for threads in range(1, (os.cpu_count() or 1) + 1):
+        torch.set_num_threads(threads)
+        for dtype in ("fp32", "bf16"):
+            key = cache_key(device_name("cpu"), dtype, "cpu")
+            if cached(cache_file(), key) is None:
+                store(cache_file(), key, measure_peak("cpu", dtype, sizes=(256,), repeats=4, warmup=1), "measured")
+    torch.set_num_threads(n)
+
+
+_plant_peaks()
+
 # A model small enough that a sweep step takes milliseconds on a laptop CPU.
 TINY = [
     "model.d_model=32",
