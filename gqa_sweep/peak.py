@@ -141,6 +141,8 @@ def measure_peak(device: torch.device | str, dtype: str, sizes: tuple[int, ...] 
                  repeats: int = REPEATS, warmup: int = 2) -> Measurement:  # fmt: skip
     """Dense matmul FLOP/s: per size, `warmup` untimed then `repeats` timed (n x n) @ (n x n) products (first
     half of every size, then the second half, so a transient load shows as disagreement); the best is kept."""
+    if repeats < 2:
+        raise ValueError(f"repeats={repeats}: use >= 2, the two halves of the repeats are compared")
     device = torch.device(device)
     sizes = sizes or (GPU_SIZES if device.type == "cuda" else CPU_SIZES)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
