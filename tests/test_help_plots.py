@@ -38,6 +38,19 @@ def test_help_template_lists_every_experiment_with_a_description():
     assert all(len(desc) > 10 for desc in listed.values())
 
 
+def test_help_group_choices_exist_and_tokenizers_are_the_accepted_ones():
+    from gqa_sweep.data.module import TOKENIZERS
+
+    template = OmegaConf.load(ROOT / "conf" / "config.yaml").hydra.help.template
+    overrides = template.split("Main overrides", 1)[1].split("\n\n", 1)[0]
+    named = [(g, c) for g, cs in re.findall(r"(?<![.\w])(model|trainer|logger|data)=([\w|-]+)", overrides)
+             for c in cs.split("|")]  # fmt: skip
+    assert {g for g, _ in named} == {"model", "trainer", "logger", "data"} and ("data", "hf") in named
+    for group, choice in named:
+        assert (ROOT / "conf" / group / f"{choice}.yaml").is_file(), f"{group}={choice}"
+    assert re.search(r"data\.tokenizer=([\w|]+)", overrides).group(1).split("|") == list(TOKENIZERS)
+
+
 def test_rendered_help_lists_every_experiment_and_the_run_dir_export(tmp_path):
     proc = gqa_sweep("--help", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
