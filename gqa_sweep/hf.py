@@ -189,7 +189,7 @@ def load_hf_dir(path: str | Path) -> DecoderLM:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`gqa-export CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama (or Qwen3) directory."""
+    """`gqa-export RUN_DIR|CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama (or Qwen3) directory."""
     from gqa_sweep.checkpoint import load_model
 
     parser = argparse.ArgumentParser(
@@ -197,10 +197,17 @@ def export_main(argv: list[str] | None = None) -> int:
         description="Export a gqa-sweep checkpoint (model.pt or Lightning .ckpt) to a Hugging Face Llama "
         "directory (Qwen3 for a qk_norm model; config.json + model.safetensors) that from_pretrained loads.",
     )
-    parser.add_argument("checkpoint", help="model.pt or Lightning .ckpt of a gqa-sweep model")
+    parser.add_argument("checkpoint", help="a run directory (results/runs/<run_id>, its model.pt is read), or a "
+                        "model.pt or Lightning .ckpt of a gqa-sweep model")  # fmt: skip
     parser.add_argument("out_dir", help="directory to write config.json and model.safetensors into")
     parser.add_argument("--dtype", choices=list(DTYPES), default="fp32", help="weight dtype (default fp32)")
     args = parser.parse_args(argv)
+    if Path(args.checkpoint).is_dir():  # a run directory: its final weights (the tokenizer sits beside them)
+        if not (Path(args.checkpoint) / "model.pt").is_file():
+            print(f"gqa-export: error: {args.checkpoint} is a directory without model.pt; pass the run directory "
+                  "(results/runs/<run_id>) of a completed run, or a model.pt / .ckpt", file=sys.stderr)
+            return 2
+        args.checkpoint = str(Path(args.checkpoint) / "model.pt")
     try:
         model, _ = load_model(args.checkpoint)
         hf = to_hf(model.to(DTYPES[args.dtype]))

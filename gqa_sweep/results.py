@@ -100,6 +100,7 @@ RUN_COLUMNS: dict[str, str] = {
     # The peak FLOP/s `mfu` is taken against, and its source: datasheet (known GPUs) or measured (peak.py).
     "peak_flops": "REAL",
     "peak_source": "TEXT",
+    "peak_measured_at": "TEXT",  # when the peak was measured (ISO time); empty for a datasheet figure
     # Throughput that means one thing: train_tokens_per_s counts tokens with a loss target (MQAR: its
     # queries); this counts every position processed (docs/metrics.md).
     "train_tokens_processed_per_s": "REAL",

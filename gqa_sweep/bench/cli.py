@@ -5,6 +5,7 @@
     gqa-bench serve     [--model ... --context T --memory 2GB --new-tokens N]
     gqa-bench train     [--model tiny|small|gpt2-124m --batch B --seq T --steps N]
     gqa-bench startup   [--repeats N --out DIR]  (start-up time of gqa-sweep's bad-input path and --help)
+    gqa-bench peak      [--remeasure --dtypes fp32 bf16 --threads N --out DIR]  (the peak FLOP/s behind MFU)
     common: [--quick] [--out DIR] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--warmup N]
             [--profile]  (also write a torch.profiler table of the top ops of each implementation)
 
@@ -160,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         from gqa_sweep.bench.startup import main as startup_main
 
         return startup_main(argv[1:])
+    if argv[:1] == ["peak"]:  # its own options: a peak per dtype, not a sweep over G
+        from gqa_sweep.bench.peak import main as peak_main
+
+        return peak_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         a = resolve(a)

@@ -10,6 +10,7 @@ single-token attention call is timed alone (folded vs enable_gqa) to show which 
 from __future__ import annotations
 
 import argparse
+import inspect
 from collections.abc import Callable
 
 import pandas as pd
@@ -78,11 +79,15 @@ def hf_decode_fn(hf, cache: KVCache, first: torch.Tensor, new_tokens: int) -> Ca
     for i, (k, v) in enumerate(zip(cache.k, cache.v)):
         hf_cache.update(k[:, :, :ctx].clone(), v[:, :, :ctx].clone(), i)
 
+    # transformers 5.24 renamed the forward's `past_key_values` to `cache` (the old name warns, and goes in 5.40);
+    # 4.x knows only the old name.
+    cache_kw = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+
     @torch.no_grad()
     def run() -> torch.Tensor:
         toks = [first]
         for _ in range(new_tokens):
-            logits = hf(input_ids=toks[-1], past_key_values=hf_cache, use_cache=True).logits
+            logits = hf(input_ids=toks[-1], use_cache=True, **{cache_kw: hf_cache}).logits
             toks.append(logits[:, -1].argmax(dim=-1, keepdim=True))
         for layer in hf_cache.layers:  # back to `ctx` tokens: a view, no copy
             layer.crop(-new_tokens)

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from gqa_sweep.report.annotate import caption, errorbar, n_note
 from gqa_sweep.report.load import prepare
 from gqa_sweep.report.recall import recall_plots
 from gqa_sweep.report.stability import stability_plots
@@ -38,48 +39,63 @@ def _g_axis(ax, gs: Sequence[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _per_model(table: pd.DataFrame, y: str, ylabel: str, yerr: str | None = None) -> Figure:
+def _per_model(table: pd.DataFrame, y: str, ylabel: str, std: str | None = None) -> Figure:
     fig, (ax,) = _figure()
     for model, t in table.groupby("model", sort=False):
         t = t[t[y].notna()]
-        ax.errorbar(t.G, t[y], yerr=None if yerr is None else t[yerr].fillna(0), marker="o", capsize=3,
-                    label=model)
+        if std is None:
+            ax.plot(t.G, t[y], marker="o", label=model)
+        else:
+            errorbar(ax, t.G, t[y], t[std], t.n_completed, marker="o", label=model)
+    if std is not None:
+        n_note(ax, table.n_completed[table[y].notna()], "seeds")
     _g_axis(ax, table.G)
     ax.set_ylabel(ylabel)
     ax.legend(title="model")
     return fig
 
 
-def plot_ppl_vs_g(table: pd.DataFrame) -> Figure:
-    """Val ppl (mean, error bars = sample std over seeds) against G, one line per model size."""
-    fig = _per_model(table, "val_ppl_mean", "val perplexity (mean ± std)", yerr="val_ppl_std")
+def _measured(runs: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The rows whose numbers a plot shows (completed runs), for its caption."""
+    return None if runs is None or "status" not in runs else runs[runs.status == "completed"]
+
+
+def plot_ppl_vs_g(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Figure:
+    """Val ppl (mean, error bars = sample std over seeds where n > 1) against G, one line per model size."""
+    fig = _per_model(table, "val_ppl_mean", "val perplexity (mean ± std)", std="val_ppl_std")
     fig.axes[0].set_title("Quality vs G")
+    caption(fig, _measured(runs))
     return fig
 
 
-def plot_kv_bytes_vs_g(table: pd.DataFrame) -> Figure:
+def plot_kv_bytes_vs_g(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Figure:
     fig = _per_model(table, "kv_bytes_per_token", "KV cache bytes / token")
     fig.axes[0].set_yscale("log", base=2)
     fig.axes[0].yaxis.set_major_formatter(_BYTES)
     fig.axes[0].set_title("KV-cache size vs G")
+    caption(fig, _measured(runs))
     return fig
 
 
-def plot_decode_vs_g(table: pd.DataFrame) -> Figure:
-    fig = _per_model(table, "decode_tokens_per_s_median", "decode tokens / s (median)")
+def plot_decode_vs_g(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Figure:
+    """Median decode tokens/s against G; the axis starts at 0 so ratios between G read off the heights."""
+    fig = _per_model(table, "decode_tokens_per_s_median", "decode tokens / s (median over runs)")
     fig.axes[0].set_title("Decode throughput vs G")
+    top = table.decode_tokens_per_s_median.max()
+    fig.axes[0].set_ylim(0, 1.08 * top if top > 0 else None)  # headroom: the fastest G is not on the frame
+    caption(fig, _measured(runs), decode=True)
     return fig
 
 
-def plot_ppl_vs_kv_bytes(table: pd.DataFrame) -> Figure:
+def plot_ppl_vs_kv_bytes(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Figure:
     """The Pareto picture: quality against KV-cache bytes per token, each point labelled by its G."""
     fig, (ax,) = _figure()
     for model, t in table.groupby("model", sort=False):
         t = t[t.val_ppl_mean.notna()]
-        ax.errorbar(t.kv_bytes_per_token, t.val_ppl_mean, yerr=t.val_ppl_std.fillna(0), marker="o", capsize=3,
-                    label=model)
+        errorbar(ax, t.kv_bytes_per_token, t.val_ppl_mean, t.val_ppl_std, t.n_completed, marker="o", label=model)
         for x, y, g in zip(t.kv_bytes_per_token, t.val_ppl_mean, t.G):
             ax.annotate(f"G={g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    n_note(ax, table.n_completed[table.val_ppl_mean.notna()], "seeds")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(_BYTES)
     ax.set_xlabel("KV cache bytes / token")
@@ -87,6 +103,7 @@ def plot_ppl_vs_kv_bytes(table: pd.DataFrame) -> Figure:
     ax.set_title("Quality vs KV-cache size (lower-left is better)")
     ax.grid(alpha=0.3)
     ax.legend(title="model")
+    caption(fig, _measured(runs))
     return fig
 
 
@@ -125,10 +142,10 @@ def _colours(n: int) -> list:
 def make_plots(table: pd.DataFrame, runs: pd.DataFrame, history: pd.DataFrame | None = None) -> dict[str, Figure]:
     """name -> Figure for the ablation table (and loss curves when history is given and not empty)."""
     figs = {
-        "ppl_vs_G": plot_ppl_vs_g(table),
-        "kv_bytes_vs_G": plot_kv_bytes_vs_g(table),
-        "decode_tokens_per_s_vs_G": plot_decode_vs_g(table),
-        "ppl_vs_kv_bytes": plot_ppl_vs_kv_bytes(table),
+        "ppl_vs_G": plot_ppl_vs_g(table, runs),
+        "kv_bytes_vs_G": plot_kv_bytes_vs_g(table, runs),
+        "decode_tokens_per_s_vs_G": plot_decode_vs_g(table, runs),
+        "ppl_vs_kv_bytes": plot_ppl_vs_kv_bytes(table, runs),
     }
     if history is not None and not history.empty:
         figs["loss_curves"] = plot_loss_curves(runs, history)

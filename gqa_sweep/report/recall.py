@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gqa_sweep.report.annotate import errorbar, n_note
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {"recall": "Recall (MQAR): accuracy per G × test segment"}
@@ -142,10 +143,11 @@ def plot_recall_vs_g(table: pd.DataFrame) -> Figure:
         t = table[table.segment == name]
         for colour, model in zip(_colours(len(models)), models):
             s = t[t.model == model].sort_values("G")
-            ax.errorbar(s.G, s.acc_best_mean, yerr=s.acc_best_std.fillna(0), marker="o", capsize=3, color=colour,
-                        label=f"{model}, best lr")
-            ax.errorbar(s.G, s.acc_fixed_mean, yerr=s.acc_fixed_std.fillna(0), marker="s", capsize=3, color=colour,
-                        ls="--", alpha=0.6, label=f"{model}, lr={s.fixed_lr.iloc[0]:g}")
+            errorbar(ax, s.G, s.acc_best_mean, s.acc_best_std, s.n_best, marker="o", color=colour,
+                     label=f"{model}, best lr")
+            errorbar(ax, s.G, s.acc_fixed_mean, s.acc_fixed_std, s.n_fixed, marker="s", color=colour,
+                     ls="--", alpha=0.6, label=f"{model}, lr={s.fixed_lr.iloc[0]:g}")
+        n_note(ax, pd.concat([t.n_best, t.n_fixed]), "seeds")
         _g_axis(ax, t.G)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("MQAR recall accuracy (mean ± std)")

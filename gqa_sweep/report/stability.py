@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from gqa_sweep.report.annotate import errorbar, n_note
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {
@@ -243,10 +244,13 @@ def plot_loss_vs_lr(runs: pd.DataFrame) -> Figure | None:
     style = _styles(mits)
     for ax, (model, G) in zip(axes[0], panels):
         cell = df[(df.model == model) & (df.n_kv_heads == G)]
+        ns = []
         for mit in mits:
             c = cell[cell.mitigation == mit]
-            stats = c.assign(loss=_capped_loss(c)).groupby("lr").loss.agg(["mean", "std"]).sort_index()
-            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0), capsize=3, label=mit, **style[mit])
+            stats = c.assign(loss=_capped_loss(c)).groupby("lr").loss.agg(["mean", "std", "count"]).sort_index()
+            errorbar(ax, stats.index, stats["mean"], stats["std"], stats["count"], label=mit, **style[mit])
+            ns += stats["count"].tolist()
+        n_note(ax, ns, "seeds")
         ax.axhline(loss_init(cell), color="grey", lw=0.8, ls=":", label="loss_init = ln V")
         ax.set_xscale("log")
         ax.set_title(f"{model}, G={G}" + (" (MQA)" if G == 1 else " (MHA)" if G == cell.n_heads.iloc[0] else ""))
@@ -266,8 +270,9 @@ def plot_lr_sensitivity_vs_g(table: pd.DataFrame) -> Figure | None:
     style = _styles(sorted(table.mitigation.unique(), key=lambda m: (m != "none", m)))
     for (model, mit), t in table.groupby(["model", "mitigation"], sort=True):
         t = t.sort_values("G")
-        ax.errorbar(t.G, t.lr_sensitivity_seed_mean, yerr=t.lr_sensitivity_seed_std.fillna(0), capsize=3,
-                    label=f"{model}, {mit}", **style[mit])
+        errorbar(ax, t.G, t.lr_sensitivity_seed_mean, t.lr_sensitivity_seed_std, t.n_seeds,
+                 label=f"{model}, {mit}", **style[mit])
+    n_note(ax, table.n_seeds, "seeds")
     gs = sorted(table.G.unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(gs, [str(g) for g in gs])
