@@ -6,7 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.attention import GQAAttention, GTAAttention, LatentCache, MLAAttention, TiedCache
+from gqa_sweep.attention import (
+    GQAAttention,
+    GTAAttention,
+    LatentCache,
+    MLAAttention,
+    TiedCache,
+)
 from gqa_sweep.config import ModelConfig, matched_d_ff, non_embedding_params, run_id_of
 from gqa_sweep.kv_formula import kv_elements_per_layer
 from gqa_sweep.model import DecoderLM
@@ -31,13 +37,13 @@ def tokens(B, T, seed=0):
 # Several shapes per variant: GTA at G = 1, 2, H and a non-default d_R; MLA plain, with a query latent, with
 # q/k/v head sizes of their own, and with a latent smaller than d_head.
 SHAPES = [
-    dict(attention="gta", n_kv_heads=2),
-    dict(attention="gta", n_kv_heads=1, rope_dim=4),
-    dict(attention="gta", n_kv_heads=4, n_heads=4, rope_dim=12),
-    dict(attention="mla"),
-    dict(attention="mla", kv_lora_rank=24, q_lora_rank=32),
-    dict(attention="mla", kv_lora_rank=40, qk_nope_dim=8, v_dim=12, rope_dim=4, n_heads=8),
-    dict(attention="mla", kv_lora_rank=8, rope_dim=2),
+    {"attention": "gta", "n_kv_heads": 2},
+    {"attention": "gta", "n_kv_heads": 1, "rope_dim": 4},
+    {"attention": "gta", "n_kv_heads": 4, "n_heads": 4, "rope_dim": 12},
+    {"attention": "mla"},
+    {"attention": "mla", "kv_lora_rank": 24, "q_lora_rank": 32},
+    {"attention": "mla", "kv_lora_rank": 40, "qk_nope_dim": 8, "v_dim": 12, "rope_dim": 4, "n_heads": 8},
+    {"attention": "mla", "kv_lora_rank": 8, "rope_dim": 2},
 ]
 IDS = ["gta-G2", "gta-G1-dR4", "gta-G4-dR12", "mla", "mla-qlora", "mla-dims", "mla-dc8"]
 
@@ -48,14 +54,14 @@ IDS = ["gta-G2", "gta-G1-dR4", "gta-G4-dR12", "mla", "mla-qlora", "mla-dims", "m
 @pytest.mark.parametrize(
     "kw,message",
     [
-        (dict(attention="mqa"), "attention='mqa'; choose from gqa, gta, mla"),
-        (dict(rope_dim=8), "rope_dim=8 applies to attention=gta or mla only (attention=gqa); drop it"),
-        (dict(attention="gta", kv_lora_rank=32), "kv_lora_rank=32 applies to attention=mla only (attention=gta)"),
-        (dict(attention="gta", rope_dim=5), "rope_dim=5 must be even (RoPE rotates pairs of dims); e.g. rope_dim=8"),
-        (dict(attention="gta", rope_dim=16), "rope_dim=16 must be below d_head=16 for GTA"),
-        (dict(attention="mla", n_kv_heads=[2, 1]), "attention=mla has no KV groups (one latent per token); give one"),
-        (dict(attention="mla", qk_norm=True), "qk_norm is implemented for attention=gqa only; drop qk_norm"),
-        (dict(attention="mla", kv_lora_rank=0), "kv_lora_rank=0 must be a positive integer (or null for its default)"),
+        ({"attention": "mqa"}, "attention='mqa'; choose from gqa, gta, mla"),
+        ({"rope_dim": 8}, "rope_dim=8 applies to attention=gta or mla only (attention=gqa); drop it"),
+        ({"attention": "gta", "kv_lora_rank": 32}, "kv_lora_rank=32 applies to attention=mla only (attention=gta)"),
+        ({"attention": "gta", "rope_dim": 5}, "rope_dim=5 must be even (RoPE rotates pairs of dims); e.g. rope_dim=8"),
+        ({"attention": "gta", "rope_dim": 16}, "rope_dim=16 must be below d_head=16 for GTA"),
+        ({"attention": "mla", "n_kv_heads": [2, 1]}, "attention=mla has no KV groups (one latent per token); give one"),
+        ({"attention": "mla", "qk_norm": True}, "qk_norm is implemented for attention=gqa only; drop qk_norm"),
+        ({"attention": "mla", "kv_lora_rank": 0}, "kv_lora_rank=0 must be a positive integer (or null for its default)"),
     ],
 )
 def test_config_errors_name_the_fix(kw, message) -> None:
@@ -218,7 +224,7 @@ def test_max_logit_matches_the_expanded_scores(kw) -> None:
 # --- parameter matching ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", SHAPES + [dict(attention="gta", n_kv_heads=[2, 1])], ids=IDS + ["gta-per-layer"])
+@pytest.mark.parametrize("kw", SHAPES + [{"attention": "gta", "n_kv_heads": [2, 1]}], ids=IDS + ["gta-per-layer"])
 def test_non_embedding_params_formula_and_ffn_matching(kw) -> None:
     cfg = cfg_of(**kw)
     assert non_embedding_params(cfg) == DecoderLM(cfg).num_params(non_embedding=True)
