@@ -231,3 +231,11 @@ def test_non_embedding_params_formula_and_ffn_matching(kw) -> None:
     matched = ModelConfig(**{**cfg.to_dict(), "d_ff": matched_d_ff(cfg)})
     mha = non_embedding_params(cfg_of(n_heads=cfg.n_heads, n_kv_heads=cfg.n_heads))
     assert abs(non_embedding_params(matched) - mha) <= max(2.5e-3 * mha, 3 * 64 * 2 / 2)
+
+
+def test_gqa_convert_refuses_a_gta_or_mla_checkpoint() -> None:
+    from gqa_sweep.convert import check_groups
+
+    with pytest.raises(ValueError, match=r"^only attention=gqa checkpoints convert to fewer KV heads \(this one is "
+                                         r"attention=mla\); train the GTA / MLA model from scratch"):  # fmt: skip
+        check_groups(model_of(attention="mla"), 1)
