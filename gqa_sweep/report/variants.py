@@ -73,7 +73,7 @@ def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     df = prepare(runs).assign(attention=attention_of(runs).to_numpy())
     d_c = pd.to_numeric(model_key(runs, "kv_lora_rank"), errors="coerce").to_numpy()
-    df = df.assign(d_c=d_c)
+    df = df.assign(d_c=pd.Series(d_c, index=df.index).fillna(4 * df.d_head))  # null: ModelConfig's 4 d_head
     df = df[~is_conversion(df) & df.n_kv_heads.notna()]
     df = df.assign(variant=[_label(a, G, H, c) for a, G, H, c in zip(df.attention, df.n_kv_heads, df.n_heads, df.d_c)])
     rows = []
