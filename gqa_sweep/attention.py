@@ -153,7 +153,7 @@ class AttentionBase(nn.Module):
     # KV head once instead of once per query head (CPU enable_gqa does the latter: decode time then grows
     # with H, not G). None = fold on CPU only, where it was measured to help (docs/benchmarks.md); on CUDA it
     # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
-    # (`gqa-bench decode` times both). GTA and MLA always decode in their grouped / absorbed form.
+    # (`gqa-bench decode` times both). GTA folds alike; MLA always decodes absorbed (H query rows, one latent head).
     fold_decode: bool | None = None
     # The CPU's bf16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
     # slower than the same call in fp32 with the casts around it (docs/benchmarks.md), so on the CPU the
@@ -277,16 +277,17 @@ class GTAAttention(AttentionBase):
         causal = _causal(T, cache)
         if cache is not None:
             tied, k_rope = cache.append(layer, tied, k_rope)
-        scale = 1 / math.sqrt(self.cfg.d_head)
-        if T == 1 and cache is not None:
-            # Decode reads the cache in place: scores = q_nope . tied_nope + q_R . k_R (k_R broadcast over the
-            # groups), with the group's heads folded into the query axis; building K would copy the cache.
-            n = self.d_nope
-            q = q.view(B, self.n_kv_heads, self.group_size, -1)
-            s = (q[..., :n] @ tied[..., :n].transpose(-1, -2) + q[..., n:] @ k_rope.transpose(-1, -2)) * scale
-            y = torch.softmax(s.float(), dim=-1).to(tied.dtype) @ tied  # (B, G, H/G, d_head) = heads in order
+        k = self.keys(tied, k_rope)  # G heads (a copy of the cache's unrotated part + k_R), never H
+        if T == 1 and self.folds(x):
+            # As GQA's folded step: the group's heads become H/G query rows of its one K/V head. Building K and
+            # calling SDPA measured as fast or faster on the CPU (one thread, fp32, B 4-16, 1k-4k tokens, G 1-4:
+            # 0.28-8.9 ms vs 0.28-9.0 ms, 10 of 12 shapes) than reading the tied state in place with two score
+            # matmuls, a softmax and a third matmul (docs/metrics.md).
+            q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
+            with sdpa_context(self.cfg.sdpa_backend):
+                y = F.scaled_dot_product_attention(q, k, tied)  # (B, G, H/G, d_head) = heads in order
             return self.o_proj(y.reshape(B, 1, -1))
-        y = self.sdpa(q, self.keys(tied, k_rope), tied, causal)
+        y = self.sdpa(q, k, tied, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()

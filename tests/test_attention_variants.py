@@ -159,7 +159,7 @@ def test_mla_cache_is_the_normalised_latent_and_rotated_rope_key() -> None:
 
 @pytest.mark.parametrize("kw", SHAPES, ids=IDS)
 def test_decode_steps_equal_the_full_forward(kw) -> None:
-    """GTA's in-place decode and MLA's absorbed decode give the expanded full forward's logits (fp32)."""
+    """GTA's folded decode and MLA's absorbed decode give the expanded full forward's logits (fp32)."""
     model = model_of(**kw)
     B, T, P = 2, 13, 5
     idx = tokens(B, T, seed=3)
@@ -179,7 +179,7 @@ def test_cached_greedy_equals_uncached_greedy(kw) -> None:
 
 
 def test_mla_decode_is_absorbed_and_gta_training_is_grouped(monkeypatch) -> None:
-    """MLA's decode SDPA sees one KV head of d_c + d_R and H query rows; GTA's training call has G heads of K/V."""
+    """MLA's decode SDPA sees one KV head of d_c + d_R and H query rows; GTA's calls have G heads of K/V."""
     calls = []
     real = F.scaled_dot_product_attention
 
@@ -195,8 +195,13 @@ def test_mla_decode_is_absorbed_and_gta_training_is_grouped(monkeypatch) -> None
     mla(tokens(2, 1), cache)
     assert calls == [((2, 1, 8, 24 + 4), (2, 1, 6, 24 + 4), (2, 1, 6, 24), False)] * 2
     calls.clear()
-    model_of(attention="gta", n_kv_heads=2)(tokens(2, 5))
-    assert calls == [((2, 4, 5, 16), (2, 2, 5, 16), (2, 2, 5, 16), True)] * 2
+    gta = model_of(attention="gta", n_kv_heads=2)
+    cache = gta.new_cache(2)
+    gta(tokens(2, 5), cache)
+    assert calls == [((2, 4, 5, 16), (2, 2, 5, 16), (2, 2, 5, 16), True)] * 2  # prefill: G heads of K/V
+    calls.clear()
+    gta(tokens(2, 1), cache)
+    assert calls == [((2, 2, 2, 16), (2, 2, 6, 16), (2, 2, 6, 16), False)] * 2  # decode: folded, as GQA's
 
 
 def test_build_attention_picks_one_class_per_type() -> None:
