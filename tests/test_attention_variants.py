@@ -244,3 +244,11 @@ def test_gqa_convert_refuses_a_gta_or_mla_checkpoint() -> None:
     with pytest.raises(ValueError, match=r"^only attention=gqa checkpoints convert to fewer KV heads \(this one is "
                                          r"attention=mla\); train the GTA / MLA model from scratch"):  # fmt: skip
         check_groups(model_of(attention="mla"), 1)
+
+
+def test_flops_per_token_uses_mla_head_sizes() -> None:
+    from gqa_sweep.metrics import flops_per_token
+
+    gqa, mla = model_of(), model_of(attention="mla", qk_nope_dim=8, v_dim=12, rope_dim=4)
+    assert flops_per_token(gqa, 32) == 6 * gqa.num_params(non_embedding=True) + 12 * 2 * 4 * 16 * 32
+    assert flops_per_token(mla, 32) == 6 * mla.num_params(non_embedding=True) + 6 * 2 * 4 * (8 + 4 + 12) * 32
