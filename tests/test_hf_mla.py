@@ -96,3 +96,17 @@ def test_gta_export_refuses_in_one_line(tmp_path: Path, capsys) -> None:
         "attention class; keep it as a gqa-sweep model.pt\n"
     )
     assert not (tmp_path / "hf").exists()
+
+
+def test_hf_deepseek_v3_caches_the_same_latent_and_rope_key_as_ours() -> None:
+    """transformers 5.24 caches MLA compressed (not expanded per-head K/V): the same elements as our LatentCache."""
+    model = mla(kv_lora_rank=20)
+    idx = torch.randint(0, V, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        layer = to_hf(model)(idx, use_cache=True).past_key_values.layers[0]
+        cache = model.new_cache(2)
+        model(idx, cache)
+    (ours,) = cache.layers[0]
+    assert layer.keys.shape == (2, 1, 7, 20) and layer.values.shape == (2, 1, 7, model.cfg.rope_dim)
+    torch.testing.assert_close(layer.keys, ours[:, :, :7, :20], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.values, ours[:, :, :7, 20:], rtol=1e-5, atol=1e-5)
