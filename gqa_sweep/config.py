@@ -17,6 +17,8 @@ from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from gqa_sweep.kv_formula import ATTENTIONS, kv_elements_per_layer
+
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
 
@@ -53,6 +55,13 @@ class ModelConfig:
     init_std: float = 0.02
     sdpa_backend: str = "auto"
     qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (OLMo-2, Qwen3): bounds attention logits
+    # gqa | gta (grouped-tied: one K/V state per group, arXiv 2505.21487) | mla (DeepSeek-V2 latent attention)
+    attention: str = "gqa"
+    rope_dim: int | None = None  # gta / mla: d_R rotated dims (one RoPE key shared by all heads); None: d_head / 2
+    kv_lora_rank: int | None = None  # mla: d_c, the cached latent's size; None: 4 * d_head (DeepSeek-V2)
+    q_lora_rank: int | None = None  # mla: the query's low-rank latent; None: a plain q_proj
+    qk_nope_dim: int | None = None  # mla: per-head q/k dims without RoPE; None: d_head
+    v_dim: int | None = None  # mla: per-head value dims; None: d_head
 
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
@@ -89,6 +98,56 @@ class ModelConfig:
             raise ValueError(f"qk_norm={self.qk_norm!r} must be true or false")
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
+        self._check_attention()
+
+    def _check_attention(self) -> None:
+        """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
+        a, D = self.attention, self.d_head
+        if a not in ATTENTIONS:
+            raise ValueError(f"attention={a!r}; choose from {', '.join(ATTENTIONS)}")
+        own = {"gqa": (), "gta": ("rope_dim",), "mla": MLA_KNOBS}[a]
+        for name in MLA_KNOBS:
+            value = getattr(self, name)
+            if name not in own and value is not None:
+                uses = "attention=gta or mla" if name == "rope_dim" else "attention=mla"
+                raise ValueError(f"{name}={value!r} applies to {uses} only (attention={a}); drop it or set {uses}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise ValueError(f"{name}={value!r} must be a positive integer (or null for its default)")
+        if a == "gqa":
+            return
+        if self.qk_norm:
+            raise ValueError(f"qk_norm is implemented for attention=gqa only; drop qk_norm or use attention=gqa "
+                             f"(attention={a})")  # fmt: skip
+        if self.rope_dim is None:
+            self.rope_dim = D // 2
+        if self.rope_dim % 2:
+            raise ValueError(f"rope_dim={self.rope_dim} must be even (RoPE rotates pairs of dims); e.g. rope_dim={D // 2}")
+        if a == "gta" and self.rope_dim >= D:
+            raise ValueError(f"rope_dim={self.rope_dim} must be below d_head={D} for GTA (K = the tied state's first "
+                             f"d_head - rope_dim dims + the RoPE key); e.g. rope_dim={D // 2}")  # fmt: skip
+        if a == "mla":
+            if not self.uniform:
+                raise ValueError(f"n_kv_heads={self.kv_layout} is a per-layer G list, but attention=mla has no KV "
+                                 "groups (one latent per token); give one integer n_kv_heads (ignored by MLA)")
+            # Every head has its own (expanded) K and V, as DeepseekV3's num_key_value_heads = num_attention_heads.
+            self.n_kv_heads = self.n_heads
+            self.kv_lora_rank = self.kv_lora_rank or 4 * D
+            self.qk_nope_dim = self.qk_nope_dim or D
+            self.v_dim = self.v_dim or D
+
+    @property
+    def kv_groups(self) -> int | list[int] | None:
+        """G of the rows: None for MLA, which caches one latent per token and has no KV groups."""
+        return None if self.attention == "mla" else self.n_kv_heads
+
+    @property
+    def rope_dims(self) -> int:
+        """Dims RoPE rotates (and its frequency table spans): all of d_head for GQA, d_R for GTA and MLA."""
+        return self.d_head if self.attention == "gqa" else self.rope_dim
+
+    def kv_elements_per_layer(self, layer: int = 0) -> int:
+        return kv_elements_per_layer(self.attention, self.kv_heads_per_layer[layer], self.d_head, self.rope_dim,
+                                     self.kv_lora_rank)  # fmt: skip
 
     @property
     def kv_heads_per_layer(self) -> list[int]:
@@ -110,13 +169,16 @@ class ModelConfig:
         return self.n_heads // self.n_kv_heads if self.uniform else None
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
-        """Bytes of K and V cache one token occupies across all layers: 2 * sum_l G_l * d_head * bytes."""
-        return 2 * sum(self.kv_heads_per_layer) * self.d_head * bytes_per_element
+        """Cache bytes one token occupies across all layers: GQA 2 * sum_l G_l * d_head * bytes; GTA
+        sum_l (G_l * d_head + d_R) * bytes; MLA n_layers * (d_c + d_R) * bytes (gqa_sweep/kv_formula.py)."""
+        return sum(self.kv_elements_per_layer(i) for i in range(self.n_layers)) * bytes_per_element
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+MLA_KNOBS = ("rope_dim", "kv_lora_rank", "q_lora_rank", "qk_nope_dim", "v_dim")
+MLA_NORM_EPS = 1e-6  # DeepseekV3's two latent RMSNorms hard-code it; ours match, so the export is exact
 PARAM_MATCH = ("none", "ffn")
 MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target count by at most 0.25 %
 
@@ -124,16 +186,27 @@ MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target cou
 def non_embedding_params(cfg: ModelConfig) -> int:
     """DecoderLM.num_params(non_embedding=True) from the shape alone (the token embedding is a lookup)."""
     d, D, H = cfg.d_model, cfg.d_head, cfg.n_heads
-    per_layer_fixed = 2 * d + 2 * H * D * d + 3 * d * cfg.d_ff + (2 * D if cfg.qk_norm else 0)
-    kv = sum(2 * G * D * d for G in cfg.kv_heads_per_layer)
-    return cfg.n_layers * per_layer_fixed + kv + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
+    per_layer_fixed = 2 * d + 3 * d * cfg.d_ff  # two norms + SwiGLU
+    if cfg.attention == "gqa":  # q, o + K/V of G_l heads (+ two d_head gains with qk_norm)
+        per_layer_fixed += 2 * H * D * d + (2 * D if cfg.qk_norm else 0)
+        attn = sum(2 * G * D * d for G in cfg.kv_heads_per_layer)
+    elif cfg.attention == "gta":  # q, o + one tied state of G_l heads + the single-head RoPE key
+        per_layer_fixed += 2 * H * D * d + cfg.rope_dim * d
+        attn = sum(G * D * d for G in cfg.kv_heads_per_layer)
+    else:  # mla: q (plain or through its normalised latent), the KV latent + k_R, its norm, up-projection, o
+        dn, dr, dc, dv, rq = cfg.qk_nope_dim, cfg.rope_dim, cfg.kv_lora_rank, cfg.v_dim, cfg.q_lora_rank
+        q = H * (dn + dr) * d if rq is None else d * rq + rq + rq * H * (dn + dr)
+        per_layer_fixed += q + d * (dc + dr) + dc + dc * H * (dn + dv) + H * dv * d
+        attn = 0
+    return cfg.n_layers * per_layer_fixed + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
 
 
 def matched_d_ff(cfg: ModelConfig) -> int:
     """The d_ff giving `cfg` the non-embedding parameter count of its G=H (MHA) twin, as Llama 2 and Shazeer
-    widen the FFN of GQA/MQA models. Rounded to a multiple of 32 when that lands within 0.25 % of the target,
+    widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded to a multiple of 32 when that lands within 0.25 % of the target,
     else of 8, else to the nearest integer (then within 3 * d_model * n_layers / 2 parameters)."""
-    mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads}))
+    mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads, "attention": "gqa",
+                                              **dict.fromkeys(MLA_KNOBS)}))  # fmt: skip
     per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff
     exact = cfg.d_ff + (mha - non_embedding_params(cfg)) / per_unit
     for multiple in (32, 8):
@@ -159,6 +232,18 @@ IDENTITY_EXCLUDE = (
     "preview",
 )
 INIT_METHODS = ("scratch", "mean", "first", "random")
+
+
+# Model keys added after runs were stored, with the value every earlier run implicitly had: run_id_of drops a
+# key whose value is its default, so the existing runs keep their ids.
+IDENTITY_DEFAULTS = {
+    "model.attention": "gqa",
+    "model.rope_dim": None,
+    "model.kv_lora_rank": None,
+    "model.q_lora_rank": None,
+    "model.qk_nope_dim": None,
+    "model.v_dim": None,
+}
 
 
 class ConfigError(CompactHydraException, ValueError):
@@ -200,6 +285,13 @@ def run_id_of(cfg: dict) -> str:
     """A hash of the run's computation: its resolved, normalised config minus output, logging and sweep
     labels. The same computation, the same id, whichever sweep asks for it."""
     ident = copy.deepcopy(cfg)
+    for key, default in IDENTITY_DEFAULTS.items():  # a key added later, at its default: the id it had before
+        *parents, leaf = key.split(".")
+        node = ident
+        for p in parents:
+            node = node.get(p, {})
+        if leaf in node and node[leaf] == default:
+            node.pop(leaf)
     for key in IDENTITY_EXCLUDE:
         *parents, leaf = key.split(".")
         node = ident

@@ -37,6 +37,9 @@ def check_groups(model: DecoderLM, groups: int | list[int]) -> list[int]:
     """G must divide the source's KV-head count G0 (per layer): each new head pools a contiguous run of G0/G
     heads. `groups` is one G for every layer or a list with one G per layer; returns the per-layer list."""
     cfg = model.cfg
+    if cfg.attention != "gqa":  # pooling K/V heads is defined for grouped-query attention only
+        raise ValueError(f"only attention=gqa checkpoints convert to fewer KV heads (this one is attention="
+                         f"{cfg.attention}); train the GTA / MLA model from scratch (init.method=scratch)")  # fmt: skip
     per_layer = groups if isinstance(groups, list) else [groups] * cfg.n_layers
     if len(per_layer) != cfg.n_layers:
         raise ValueError(f"groups={groups} has {len(per_layer)} entries but the checkpoint has {cfg.n_layers} layers; "

@@ -3,7 +3,10 @@
 Our block is HF Llama's (pre-RMSNorm, half-rotation RoPE, SwiGLU, no biases, query head j reading KV head
 j // (H // G) as `repeat_kv` does), so conversion only renames weights: no permutation, no rounding.
 A model with qk_norm is Qwen3's block (Llama's plus an RMSNorm over each head's q and k before RoPE, one
-d_head gain shared by the heads): it exports to `Qwen3ForCausalLM`, every other model to Llama.
+d_head gain shared by the heads): it exports to `Qwen3ForCausalLM`. An MLA model exports to a dense
+`DeepseekV3ForCausalLM` (first_k_dense_replace = every layer: no experts; rope_interleave=False, our half-split
+RoPE over d_R dims; latent norms at its hard-coded eps 1e-6, as ours). GTA has no HF class: it refuses. Every
+other model exports to Llama.
 transformers is an optional dependency, imported inside the functions that need it.
 """
 
@@ -33,6 +36,12 @@ _LAYER_NAMES = {
     "attn.o_proj": "self_attn.o_proj",
     "attn.q_norm": "self_attn.q_norm",  # qk_norm models (Qwen3)
     "attn.k_norm": "self_attn.k_norm",
+    "attn.q_a_proj": "self_attn.q_a_proj",  # MLA (DeepseekV3Attention)
+    "attn.q_a_norm": "self_attn.q_a_layernorm",
+    "attn.q_b_proj": "self_attn.q_b_proj",
+    "attn.kv_a_proj": "self_attn.kv_a_proj_with_mqa",
+    "attn.kv_a_norm": "self_attn.kv_a_layernorm",
+    "attn.kv_b_proj": "self_attn.kv_b_proj",
     "mlp_norm": "post_attention_layernorm",
     "mlp.gate_proj": "mlp.gate_proj",
     "mlp.up_proj": "mlp.up_proj",
@@ -60,7 +69,12 @@ def hf_key(name: str) -> str:
 
 
 def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
-    """The HF config of our model: Qwen3Config with qk_norm, else LlamaConfig (block_size -> max_position_embeddings)."""
+    """The HF config of our model: DeepseekV3Config for MLA, Qwen3Config with qk_norm, else LlamaConfig."""
+    if cfg.attention == "gta":
+        raise ValueError("a GTA model (attention=gta) cannot be exported: transformers has no grouped-tied attention "
+                         "class; keep it as a gqa-sweep model.pt")  # fmt: skip
+    if cfg.attention == "mla":
+        return _deepseek_config(cfg)
     if not cfg.uniform:
         raise ValueError(
             f"per-layer KV heads (n_kv_heads={cfg.kv_layout}) cannot be exported: Hugging Face Llama and Qwen3 have "
@@ -98,6 +112,21 @@ def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
     return _transformers().LlamaConfig(**common, mlp_bias=False)
 
 
+def _deepseek_config(cfg: ModelConfig):
+    """A dense DeepseekV3Config: every layer below first_k_dense_replace is a plain SwiGLU MLP, so no experts."""
+    return _transformers().DeepseekV3Config(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layers, first_k_dense_replace=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,  # each head its own expanded K/V
+        kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=cfg.q_lora_rank, qk_rope_head_dim=cfg.rope_dim,
+        qk_nope_head_dim=cfg.qk_nope_dim, v_head_dim=cfg.v_dim, rope_interleave=False,
+        hidden_act="silu", max_position_embeddings=cfg.block_size, initializer_range=cfg.init_std,
+        rms_norm_eps=cfg.norm_eps, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        tie_word_embeddings=cfg.tie_embeddings, attention_bias=False, attention_dropout=0.0,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
+
+
 def to_hf(model: DecoderLM) -> PreTrainedModel:
     """A `LlamaForCausalLM` (`Qwen3ForCausalLM` with qk_norm; eval mode, same device and dtype), same logits."""
     transformers = _transformers()
@@ -125,6 +154,8 @@ def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
     """Our ModelConfig for an HF Llama or Qwen3 config; ValueError naming what differs from our architecture."""
     problems = []
     model_type = getattr(c, "model_type", None)
+    if model_type == "deepseek_v3":
+        return _model_config_from_deepseek(c)
     if model_type not in ("llama", "qwen3"):
         problems.append(f"model_type={model_type!r} (only 'llama', or 'qwen3' for qk_norm)")
     if getattr(c, "use_sliding_window", False):
@@ -158,6 +189,36 @@ def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
         init_std=c.initializer_range,
         qk_norm=model_type == "qwen3",
     )
+
+
+def _model_config_from_deepseek(c) -> ModelConfig:
+    """An MLA ModelConfig of a dense DeepseekV3Config; ValueError naming what our MLA does not implement."""
+    problems = []
+    if (c.first_k_dense_replace or 0) < c.num_hidden_layers:
+        problems.append(f"first_k_dense_replace={c.first_k_dense_replace} < num_hidden_layers={c.num_hidden_layers} "
+                        "(mixture-of-experts layers; only dense models)")  # fmt: skip
+    if c.rope_interleave:
+        problems.append("rope_interleave=True (our RoPE is half-split: rope_interleave=False)")
+    if c.num_key_value_heads != c.num_attention_heads:
+        problems.append(f"num_key_value_heads={c.num_key_value_heads} != num_attention_heads")
+    if getattr(c, "hidden_act", "silu") != "silu" or c.attention_bias or c.attention_dropout:
+        problems.append("hidden_act other than silu, attention_bias or attention_dropout")
+    try:
+        theta = _rope_theta(c)
+    except ValueError as e:
+        problems.append(str(e))
+    if problems:
+        raise ValueError("unsupported DeepseekV3 config for DecoderLM: " + "; ".join(problems))
+    return ModelConfig(
+        vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layers=c.num_hidden_layers,
+        d_model=c.hidden_size, n_heads=c.num_attention_heads, n_kv_heads=c.num_attention_heads,
+        d_head=None if c.hidden_size % c.num_attention_heads == 0 and c.hidden_size // c.num_attention_heads % 2 == 0
+        else c.qk_nope_head_dim + c.qk_nope_head_dim % 2,  # only MLA's defaults and its MHA twin use d_head
+        d_ff=c.intermediate_size,
+        rope_theta=theta, norm_eps=c.rms_norm_eps, tie_embeddings=bool(c.tie_word_embeddings),
+        init_std=c.initializer_range, attention="mla", rope_dim=c.qk_rope_head_dim, kv_lora_rank=c.kv_lora_rank,
+        q_lora_rank=c.q_lora_rank, qk_nope_dim=c.qk_nope_head_dim, v_dim=c.v_head_dim,
+    )  # fmt: skip
 
 
 def from_hf(llama_model: PreTrainedModel) -> DecoderLM:

@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes taken by weights under --memory: N (units allowed, 0 = KV only) or auto "
                         "(the default: preset parameters x dtype bytes)")
     p.add_argument("--format", choices=("text", "md", "csv"), default="text", help="output format (default text)")
+    att = p.add_argument_group("attention type (gqa_sweep/kv_formula.py: one formula per type)")
+    att.add_argument("--attention", choices=("gqa", "gta", "mla"), default="gqa",
+                     help="gqa (default: every G), gta (grouped-tied: G*d_head + d_R per layer), mla (latent: "
+                          "d_c + d_R per layer; --kv-heads not needed)")  # fmt: skip
+    att.add_argument("--rope-dim", type=_positive_int, help="gta / mla: d_R (default head-dim / 2)")
+    att.add_argument("--kv-lora-rank", type=_positive_int, help="mla: latent d_c (default 4 x head-dim)")
     return p
 
 
@@ -268,6 +274,8 @@ def _resolve_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if not given:
         parser.error(f"give --preset NAME (one of: {', '.join(PRESETS)}) or all of "
                      f"{' '.join(map(_flag, SHAPE_FLAGS))}")
+    if args.attention == "mla" and args.kv_heads is None:  # MLA has no KV groups
+        args.kv_heads = args.heads
     missing = [d for d in SHAPE_FLAGS if getattr(args, d) is None]
     if missing:
         parser.error(f"custom shape is incomplete: add {' '.join(map(_flag, missing))}")
@@ -370,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     shape = _resolve_shape(parser, args)
     weights = _resolve_weights(parser, args, shape)
     per_layer = shape.n_kv_heads if isinstance(shape.n_kv_heads, list) else None
+    if args.attention != "gqa":
+        return _variant_main(parser, args, shape, weights, per_layer)
+    if args.rope_dim is not None or args.kv_lora_rank is not None:
+        parser.error("--rope-dim and --kv-lora-rank apply to --attention gta or mla; add --attention")
     df = kv_table(shape.n_layers, shape.n_heads, shape.d_head, args.seq, args.batch, args.dtype,
                   n_kv_heads=None if per_layer else shape.n_kv_heads, memory_bytes=args.memory,
                   weights_bytes=weights, layout=per_layer)  # fmt: skip
@@ -386,6 +398,37 @@ def main(argv: list[str] | None = None) -> int:
     else:
         body = table.to_string(index=False)
     print("\n".join([_header(shape, args), "", body, *([""] if notes else []), *notes]))
+    return 0
+
+
+def _variant_main(parser, args, shape: Preset, weights: int, per_layer) -> int:
+    from gqa_sweep.kv_variants import display, variant_table
+
+    if per_layer:
+        parser.error(f"--attention {args.attention} takes one --kv-heads G, not a per-layer list")
+    if args.attention == "gta" and args.kv_lora_rank is not None:
+        parser.error("--kv-lora-rank applies to --attention mla only; drop it")
+    try:
+        df = variant_table(args.attention, shape.n_layers, shape.n_heads, shape.d_head, args.seq, args.batch,
+                           DTYPE_BYTES[args.dtype], n_kv_heads=shape.n_kv_heads, rope_dim=args.rope_dim,
+                           kv_lora_rank=args.kv_lora_rank, memory_bytes=args.memory, weights_bytes=weights)  # fmt: skip
+    except ValueError as e:
+        parser.error(str(e))
+    table = display(df, args.memory, human_bytes)
+    if args.format == "csv":
+        print(df.to_csv(index=False), end="")
+        return 0
+    d_r = args.rope_dim or shape.d_head // 2
+    gta = f"GTA: G * d_head + d_R (d_R = {d_r}) elements per token per layer"
+    mla = f"MLA: d_c + d_R = {df.elements_per_layer.iloc[0] - d_r} + {d_r} elements per token per layer (no G)"
+    what = gta if args.attention == "gta" else mla
+    body = (table.to_markdown(index=False, disable_numparse=True) if args.format == "md"
+            else table.to_string(index=False))  # fmt: skip
+    mha = 2 * shape.n_heads * shape.d_head
+    header = _header(shape, args)
+    if args.attention == "mla":
+        header = header[: header.index("; * = ")]
+    print("\n".join([header, f"{what}; MHA: 2 * H * d_head = {mha:,}", "", body]))
     return 0
 
 

@@ -1,173 +1,41 @@
-"""Decoder-only LM with grouped-query attention (Llama block: pre-RMSNorm, RoPE, SwiGLU, no biases).
+"""Decoder-only LM (Llama block: pre-RMSNorm, RoPE, SwiGLU, no biases) around one attention type.
 
-K and V have `n_kv_heads` (G) heads, or G_l in layer l for a per-layer layout; query head j reads KV head
-j // (H // G), as HF `repeat_kv` does,
-so the model exports to `transformers.LlamaForCausalLM` with identical logits. Grouping is done by
-`scaled_dot_product_attention(..., enable_gqa=True)` in training and prefill, and by folding each group's
-query heads into the query axis for a single-token decode step (`Attention.fold_decode`): K/V are never
-repeated to H heads.
+`model.attention` picks it (gqa_sweep/attention.py): grouped-query (the default: K and V of `n_kv_heads` (G)
+heads, or G_l in layer l, query head j reading KV head j // (H // G) as HF `repeat_kv` does, so the model exports
+to `transformers.LlamaForCausalLM` with identical logits), grouped-tied (GTA) or multi-head latent (MLA, exports
+to `DeepseekV3ForCausalLM`). Grouping is done by `scaled_dot_product_attention(..., enable_gqa=True)` in
+training and prefill, and by folding each group's query heads into the query axis for a single-token decode
+step (`fold_decode`): K/V are never repeated to H heads.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gqa_sweep.attention import (  # noqa: F401  (re-exported: the names model.py had before the variants)
+    Attention,
+    Cache,
+    KVCache,
+    RMSNorm,
+    apply_rope,
+    build_attention,
+    new_cache,
+    sdpa_context,
+)
 from gqa_sweep.config import SDPA_BACKENDS, ModelConfig, divisors  # noqa: F401  (re-exported)
 
 
-def sdpa_context(backend: str):
-    """Pin SDPA to one backend, so a silent fallback to the math kernel cannot hide in a sweep."""
-    if backend == "auto":
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel(
-        {
-            "flash": SDPBackend.FLASH_ATTENTION,
-            "cudnn": SDPBackend.CUDNN_ATTENTION,
-            "efficient": SDPBackend.EFFICIENT_ATTENTION,
-            "math": SDPBackend.MATH,
-        }[backend]
-    )
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 then cast back, as HF Llama does: bf16 variance is too coarse.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
 def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.d_head, 2, dtype=torch.float32) / cfg.d_head))
+    # Over the rotated dims: all of d_head (GQA), d_R (GTA, MLA: HF DeepseekV3's head_dim = qk_rope_head_dim).
+    R = cfg.rope_dims
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, R, 2, dtype=torch.float32) / R))
     freqs = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)  # half-rotation layout (HF Llama), not interleaved pairs
     return emb.cos(), emb.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # Cast the tables to x's dtype (as HF does): under autocast fp32 tables would promote q/k to fp32.
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
-class KVCache:
-    """Per-layer K/V buffers of shape (B, G_l, block_size, d_head): exactly G_l heads, never H.
-
-    A step attends to the view `buf[:, :, :length]`: strided, not copied (CPU SDPA reads it in place).
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
-        shapes = [(batch_size, G, cfg.block_size, cfg.d_head) for G in cfg.kv_heads_per_layer]
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
-        self.length = 0  # tokens already stored
-
-    def nbytes(self, length: int | None = None) -> int:
-        """Bytes held by `length` cached tokens (default: the filled part) over all layers."""
-        n = self.length if length is None else length
-        per_token = sum(t[:, :, :1].nelement() * t.element_size() for t in self.k + self.v)
-        return per_token * n
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write this step's K/V after the cached tokens; return views of everything cached so far."""
-        start, T = self.length, k.shape[2]
-        self.k[layer][:, :, start : start + T] = k
-        self.v[layer][:, :, start : start + T] = v
-        return self.k[layer][:, :, : start + T], self.v[layer][:, :, : start + T]
-
-
-class Attention(nn.Module):
-    # Single-token decode folds each group's H/G query heads into the query-length axis, so SDPA reads each
-    # KV head once instead of once per query head (CPU enable_gqa does the latter: decode time then grows
-    # with H, not G). None = fold on CPU only, where it was measured to help (docs/benchmarks.md); on CUDA it
-    # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
-    # (`gqa-bench decode` times both).
-    fold_decode: bool | None = None
-    # The CPU's bf16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
-    # slower than the same call in fp32 with the casts around it (docs/benchmarks.md), so on the CPU the
-    # training / prefill call runs in fp32 (exact in fp32, then rounded once); fp16 is treated alike, unmeasured.
-    # Single-token decode keeps the half kernel: upcasting copies the cache each step (1.3-5.3x slower at 1k-4k).
-    # None = CPU only; True/False force it.
-    fp32_attention: bool | None = None
-
-    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
-        super().__init__()
-        self.cfg = cfg
-        H, G, D = cfg.n_heads, cfg.kv_heads_per_layer[layer], cfg.d_head
-        self.n_kv_heads, self.group_size = G, H // G  # this layer's (a per-layer layout differs by layer)
-        self.q_proj = nn.Linear(cfg.d_model, H * D, bias=False)
-        self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
-        self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
-        self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
-        if cfg.qk_norm:  # one gain vector of d_head shared by all heads, as Qwen3's q_norm / k_norm
-            self.q_norm = RMSNorm(D, cfg.norm_eps)
-            self.k_norm = RMSNorm(D, cfg.norm_eps)
-
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        B, T, _ = x.shape
-        cfg = self.cfg
-        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.d_head)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, cfg.d_head)
-        if cfg.qk_norm:  # before RoPE: the rotation keeps the norm, so |q.k| <= |g_q| |g_k| after it too
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, cfg.d_head).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def folds(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" if self.fold_decode is None else self.fold_decode
-
-    def upcasts(self, q: torch.Tensor) -> bool:
-        if q.dtype not in (torch.bfloat16, torch.float16):
-            return False
-        return q.device.type == "cpu" if self.fp32_attention is None else self.fp32_attention
-
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x, cos, sin)
-        causal = T > 1
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
-            causal = T > 1 and cache.length == 0  # a prefill is plain causal; one new token sees every cached one
-        with sdpa_context(self.cfg.sdpa_backend):
-            if T == 1 and self.folds(x):
-                # (B, H, 1, d) -> (B, G, H/G, d): the group's query heads become G rows of H/G "positions",
-                # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
-                q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
-                y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
-                return self.o_proj(y.reshape(B, 1, -1))
-            if self.upcasts(q):
-                with torch.autocast(q.device.type, enabled=False):  # autocast would cast SDPA back to bf16
-                    y = F.scaled_dot_product_attention(
-                        q.float(), k.float(), v.float(), is_causal=causal, enable_gqa=True
-                    ).to(q.dtype)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
-
-    @torch.no_grad()
-    def max_logit(self, x, cos, sin) -> torch.Tensor:
-        """max |q.k| / sqrt(d_head) over heads and causal pairs, with K/V broadcast over each group."""
-        B, T, _ = x.shape
-        q, k, _ = self.qkv(x, cos, sin)
-        G, D = self.n_kv_heads, self.cfg.d_head
-        q = q.view(B, G, self.group_size, T, D)
-        scores = (q @ k.unsqueeze(2).transpose(-1, -2)).abs() / math.sqrt(D)  # (B, G, H/G, T, T)
-        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        return scores.masked_fill(~mask, 0).amax()
 
 
 class MLP(nn.Module):
@@ -185,11 +53,11 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = Attention(cfg, layer)
+        self.attn = build_attention(cfg, layer)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x, cos, sin, cache: Cache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, cache, layer)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -237,13 +105,13 @@ class DecoderLM(nn.Module):
                 f"crop the input to at most {self.cfg.block_size} tokens or build the model with a larger block_size"
             )
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         self._check_length(start + T)
         if cache is not None:
-            if B != cache.k[0].shape[0]:
-                raise ValueError(f"batch of {B} sequences but the cache was built for {cache.k[0].shape[0]}")
+            if B != cache.batch_size:
+                raise ValueError(f"batch of {B} sequences but the cache was built for {cache.batch_size}")
             if start > 0 and T > 1:
                 raise ValueError("KV cache accepts a prefill at position 0, then one token at a time")
         cos, sin = self._rope(start, T)
@@ -277,13 +145,13 @@ class DecoderLM(nn.Module):
         for block in self.layers:
             block.attn.fp32_attention = fp32
 
-    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch_size: int, dtype: torch.dtype | None = None) -> Cache:
         """Empty cache; its dtype defaults to the one K/V are computed in (autocast's, else the weights')."""
         p = self.embed.weight
         if dtype is None:
             amp = torch.is_autocast_enabled(p.device.type)
             dtype = torch.get_autocast_dtype(p.device.type) if amp else p.dtype
-        return KVCache(self.cfg, batch_size, p.device, dtype)
+        return new_cache(self.cfg, batch_size, p.device, dtype)
 
     @torch.no_grad()
     def generate(

@@ -100,7 +100,9 @@ RUN_COLUMNS: dict[str, str] = {
     # The peak FLOP/s `mfu` is taken against, and its source: datasheet (known GPUs) or measured (peak.py).
     "peak_flops": "REAL",
     "peak_source": "TEXT",
-    "peak_measured_at": "TEXT",  # when the peak was measured (ISO time); empty for a datasheet figure
+    "peak_measured_at": "TEXT",
+    # The attention type (model.attention: gqa | gta | mla); MLA has no G, its n_kv_heads is H (docs/metrics.md).
+    "attention": "TEXT",  # when the peak was measured (ISO time); empty for a datasheet figure
     # Throughput that means one thing: train_tokens_per_s counts tokens with a loss target (MQAR: its
     # queries); this counts every position processed (docs/metrics.md).
     "train_tokens_processed_per_s": "REAL",

@@ -29,6 +29,7 @@ from gqa_sweep.bench.common import DTYPES, PRESETS, make_env, model_config, writ
 from gqa_sweep.bench.decode import bench_decode
 from gqa_sweep.bench.serve import bench_serve, gqa_kv_command, write_plot
 from gqa_sweep.bench.train import bench_train
+from gqa_sweep.bench.variants import NOTE as VARIANT_NOTE
 
 # Defaults per subcommand: (full, quick). Full sizes finish in minutes on a 2-core CPU; quick in seconds.
 _TINY = dict(n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256))
@@ -108,16 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vocab-size", dest="vocab_size", type=positive)
     model.add_argument("--tie-embeddings", dest="tie_embeddings", action=argparse.BooleanOptionalAction, default=None)
 
+    attn = argparse.ArgumentParser(add_help=False)  # decode / serve: attention types side by side
+    attn.add_argument("--attention", nargs="+", choices=("gqa", "gta", "mla"), default=["gqa"],
+                      help="attention types to compare (default gqa alone: the per-G GQA table)")  # fmt: skip
+    attn.add_argument("--rope-dim", dest="rope_dim", type=positive, help="gta / mla: d_R (default d_head / 2)")
+    attn.add_argument("--kv-lora-rank", dest="kv_lora_rank", type=positive, help="mla: d_c (default 4 d_head)")
+
     p = argparse.ArgumentParser(prog="gqa-bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
     att = sub.add_parser("attention", parents=[common], help=TITLES["attention"])
     for flag in ("batch", "seq", "heads", "d-head"):
         att.add_argument(f"--{flag}", dest=flag.replace("-", "_"), type=positive)
-    dec = sub.add_parser("decode", parents=[common, model], help=TITLES["decode"])
+    dec = sub.add_parser("decode", parents=[common, model, attn], help=TITLES["decode"])
     dec.add_argument("--batch", type=positive)
     dec.add_argument("--context", type=positive, nargs="+", help="cached tokens, e.g. --context 1024 4096")
     dec.add_argument("--new-tokens", dest="new_tokens", type=positive, help="decode steps per timed call")
-    srv = sub.add_parser("serve", parents=[common, model], help=TITLES["serve"])
+    srv = sub.add_parser("serve", parents=[common, model, attn], help=TITLES["serve"])
     srv.add_argument("--context", type=positive, help="tokens cached per sequence (default 1024)")
     srv.add_argument("--memory", help="budget for weights + KV cache, e.g. 2GB, 512MiB (default 2GB on cpu, the "
                      "device's memory on cuda)")  # fmt: skip
@@ -176,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"gqa-bench: error: {e}", file=sys.stderr)
         return 2
-    write_table(df, env, a.kind, a.out, TITLES[a.kind], NOTES[a.kind])
+    variants = getattr(a, "attention", ["gqa"]) != ["gqa"]
+    write_table(df, env, a.kind, a.out, TITLES[a.kind], NOTES[a.kind] + (f" {VARIANT_NOTE}" if variants else ""))
     if a.kind == "serve":
         print(f"wrote {', '.join(map(str, write_plot(df, env, a, a.out)))}")
         print(f"MHA's max batch is the one of: {gqa_kv_command(df, a, env)}")

@@ -27,6 +27,7 @@ from gqa_sweep.bench.common import (
     stats,
     weight_bytes,
 )
+from gqa_sweep.bench.variants import bench_decode_variants, measured_bytes_per_token
 from gqa_sweep.model import DecoderLM, KVCache, ModelConfig, divisors
 
 IMPLS = ("folded", "unfolded", "hf")
@@ -107,6 +108,8 @@ def hf_copy(model: DecoderLM):
 
 
 def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
+    if getattr(a, "attention", ["gqa"]) != ["gqa"]:  # --attention gqa gta mla: one row per type and G
+        return bench_decode_variants(a, env)
     block = max(a.context) + a.new_tokens
     copy_bw = copy_bandwidth(env.device)
     rows, prof = [], ""
@@ -118,6 +121,7 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
             torch.manual_seed(a.seed)
             model = models[G] = DecoderLM(model_config(a, G, block)).to(env.device, env.dtype).eval()
             cache = random_cache(model, a.batch, ctx, a.seed)
+            measured_bytes_per_token(model, cache, ctx)  # the buffers hold exactly the formula's bytes
             first = first_tokens(model.cfg, a.batch, a.seed, env.device)
             fns[("folded", G)] = decode_fn(model, cache, first, a.new_tokens, fold=True)
             fns[("unfolded", G)] = decode_fn(model, cache, first, a.new_tokens, fold=False)

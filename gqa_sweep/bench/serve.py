@@ -17,8 +17,13 @@ from matplotlib.figure import Figure
 
 from gqa_sweep import kv
 from gqa_sweep.bench.common import Env, interleaved, model_config, stats
-from gqa_sweep.bench.decode import decode_fn, first_tokens, random_cache
+from gqa_sweep.bench.decode import decode_fn, first_tokens
+from gqa_sweep.bench.variants import cases, kind, random_cache, variant_config
 from gqa_sweep.model import DecoderLM, divisors
+
+
+def _variants(a: argparse.Namespace) -> bool:
+    return getattr(a, "attention", ["gqa"]) != ["gqa"]
 
 
 def memory_budget(a: argparse.Namespace, env: Env) -> int:
@@ -34,19 +39,23 @@ def batches(max_batch: int) -> list[int]:
     return out + ([max_batch] if out and out[-1] != max_batch else [])
 
 
-def plan(a: argparse.Namespace, env: Env, memory: int) -> dict[int, tuple[DecoderLM, int]]:
-    """Per G: the model (weights only, cache not yet allocated) and the largest batch `memory` holds."""
+def plan(a: argparse.Namespace, env: Env, memory: int) -> dict:
+    """Per G (per (attention, G) with --attention): the model (weights only) and the largest batch `memory` holds.
+
+    Per sequence the cache is ModelConfig.kv_bytes_per_token x context (for GQA the same as kv.max_batch_size)."""
     out = {}
-    for G in divisors(model_config(a, 1).n_heads):
+    H = model_config(a, 1).n_heads
+    keys = cases(a) if _variants(a) else [("gqa", G) for G in divisors(H)]
+    for att, G in keys:
         torch.manual_seed(a.seed)
-        model = DecoderLM(model_config(a, G, a.context)).to(env.device, env.dtype).eval()
-        cfg, w = model.cfg, model.num_params() * env.elem
-        out[G] = model, kv.max_batch_size(memory, w, G, cfg.d_head, cfg.n_layers, a.context, env.elem)
+        model = DecoderLM(variant_config(a, att, G or H, a.context)).to(env.device, env.dtype).eval()
+        w, per_seq = model.num_params() * env.elem, model.cfg.kv_bytes_per_token(env.elem) * a.context
+        out[(att, G) if _variants(a) else G] = model, max(memory - w, 0) // per_seq
     if min(b for _, b in out.values()) == 0:
-        H = max(out)
+        worst = min(out, key=lambda k: out[k][1])
         raise ValueError(
             f"--memory {memory / 1e9:.3g} GB does not hold the weights plus one sequence of {a.context} tokens at "
-            f"G={H}; raise --memory or lower --context"
+            f"{'G=' if isinstance(worst, int) else ''}{worst}; raise --memory or lower --context"
         )
     return out
 
@@ -54,7 +63,7 @@ def plan(a: argparse.Namespace, env: Env, memory: int) -> dict[int, tuple[Decode
 def bench_serve(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
     memory = memory_budget(a, env)
     models = plan(a, env, memory)
-    H = max(models)
+    H = model_config(a, 1).n_heads
     rows = []
     for b in sorted({b for _, m in models.values() for b in batches(m)}):
         fns = {}
@@ -67,13 +76,18 @@ def bench_serve(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
             model, max_b = models[G]
             med, lo, hi = (x / a.new_tokens for x in stats(times))
             w, cache = model.num_params() * env.elem, fns[G].cache.nbytes(a.context)
+            what = dict(G=G, kind=kv.attention_kind(G, H))
+            if _variants(a):
+                what = {"attention": G[0], "G": G[1], "kind": kind(*G, H)}
+                what["case"] = what["kind"] + ("" if G[1] is None else f" G={G[1]}")
             rows.append(dict(
-                G=G, kind=kv.attention_kind(G, H), batch=b, context=a.context, max_batch=max_b,
+                **what, batch=b, context=a.context, max_batch=max_b,
                 weight_bytes=w, cache_MiB=cache / 2**20, used_GB=(w + cache) / 1e9, memory_bytes=memory,
                 ms_per_token=med * 1e3, min_ms=lo * 1e3, max_ms=hi * 1e3, tokens_per_s=b / med,
             ))  # fmt: skip
         del fns
-    return pd.DataFrame(rows).sort_values(["G", "batch"], ignore_index=True), ""
+    order = ["attention", "G", "batch"] if _variants(a) else ["G", "batch"]
+    return pd.DataFrame(rows).sort_values(order, ignore_index=True), ""
 
 
 def plot_serve(df: pd.DataFrame, title: str) -> Figure:
@@ -81,8 +95,9 @@ def plot_serve(df: pd.DataFrame, title: str) -> Figure:
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     FigureCanvasAgg(fig)  # no pyplot: no global backend state
     ax = fig.subplots()
-    for G, t in df.groupby("G"):
-        line = ax.plot(t.ms_per_token, t.tokens_per_s, marker="o", label=f"G={G} ({t.kind.iloc[0]})")[0]
+    for G, t in df.groupby("case" if "case" in df else "G", sort=False):
+        label = G if "case" in df else f"G={G} ({t.kind.iloc[0]})"
+        line = ax.plot(t.ms_per_token, t.tokens_per_s, marker="o", label=label)[0]
         for x, y, b in zip(t.ms_per_token, t.tokens_per_s, t.batch):
             if b == t.batch.max() or b in (1, 16):
                 ax.annotate(f"B={b}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
@@ -114,6 +129,13 @@ def write_plot(df: pd.DataFrame, env: Env, a: argparse.Namespace, out) -> list:
 def gqa_kv_command(df: pd.DataFrame, a: argparse.Namespace, env: Env) -> str:
     """The `gqa-kv` call whose max-batch column the MHA row must equal (weights of the MHA model)."""
     cfg, mha = model_config(a, 1), df[df.G == df.G.max()].iloc[0]
+    if "attention" in df:  # --attention: the case whose cache is largest per sequence (it stops first)
+        r = df.loc[df.max_batch.idxmin()]
+        knobs = "" if r.attention == "gqa" else f" --attention {r.attention}"
+        G = "" if r.attention == "mla" else f" --kv-heads {int(r.G)}"
+        return (f"gqa-kv{knobs} --layers {cfg.n_layers} --heads {cfg.n_heads}{G} --head-dim {cfg.d_head} "
+                f"--seq {a.context} --dtype {env.dtype_name} --memory {int(r.memory_bytes)} "
+                f"--weights-bytes {int(r.weight_bytes)}")  # fmt: skip
     return (
         f"gqa-kv --layers {cfg.n_layers} --heads {cfg.n_heads} --kv-heads {cfg.n_heads} --head-dim {cfg.d_head} "
         f"--seq {a.context} --dtype {env.dtype_name} --memory {int(mha.memory_bytes)} "

@@ -16,6 +16,7 @@ from gqa_sweep.report.load import prepare
 from gqa_sweep.report.recall import recall_plots
 from gqa_sweep.report.stability import stability_plots
 from gqa_sweep.report.tables import is_conversion
+from gqa_sweep.report.variants import variants_plots
 
 # ----------------------------------------------------------------------------------------------- plots
 
@@ -150,6 +151,7 @@ def make_plots(table: pd.DataFrame, runs: pd.DataFrame, history: pd.DataFrame | 
     if history is not None and not history.empty:
         figs["loss_curves"] = plot_loss_curves(runs, history)
     figs.update(recall_plots(runs))  # MQAR recall vs G, loss by position (report/recall.py)
+    figs.update(variants_plots(runs))  # val ppl vs KV bytes per attention type (report/variants.py)
     return figs | stability_plots(runs, history)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.report import fair, layouts, recall, stability
+from gqa_sweep.report import fair, layouts, recall, stability, variants
 from gqa_sweep.report.cells import (
     _counts,
     _ppl_stats,
@@ -197,6 +197,7 @@ def conversion_table(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -
 
 def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every table the runs support, name -> raw numeric DataFrame (only non-empty ones)."""
+    every_type, runs = runs, variants.gqa_runs(runs)  # GTA / MLA runs only in the variants table
     plain = stability.baseline_runs(runs)  # G alone: runs with qk_norm / z_loss get the stability tables
     tables = {
         "ablation": ablation_table(plain),
@@ -206,6 +207,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
         **recall.recall_tables(runs),
         **fair.fair_tables(runs),
         **layouts.layouts_tables(runs),
+        **variants.variants_tables(every_type),
     }
     return {k: t.reset_index(drop=True) for k, t in tables.items() if not t.empty}
 
@@ -311,7 +313,7 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-for _module in (recall, fair, layouts):
+for _module in (recall, fair, layouts, variants):
     TITLES.update(_module.TITLES)
     NOTES.update(_module.NOTES)
     DISPLAY.update(_module.DISPLAY)

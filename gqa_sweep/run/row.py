@@ -42,6 +42,7 @@ def describe_run(cfg: DictConfig, plan: RunPlan, module: LMModule, dm, parent_id
         "run_name": plan.name,
         "sweep": cfg.sweep,
         "model_name": cfg.model.name,
+        "attention": m.attention,
         "n_heads": cfg.model.n_heads,
         "n_kv_heads": m.n_kv_heads if m.uniform else None,
         "kv_layout": m.kv_layout,
