@@ -125,6 +125,63 @@ class MQARSpec:
         return "mqar-" + hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def segments_of(value, default: Segment, key: str) -> tuple[Segment, ...]:
+    """`[[seq_len, num_kv_pairs], ...]` from the config (null: the single default segment)."""
+    if value is None:
+        return (default,)
+    try:
+        segs = tuple(Segment(int(t), int(k)) for t, k in value)
+    except (TypeError, ValueError):
+        raise DataError(f"data.{key}={value} must be a list of [seq_len, num_kv_pairs] pairs, "
+                        f"e.g. data.{key}=[[64,4],[128,8]]") from None
+    if not segs:
+        raise DataError(f"data.{key} is empty; give at least one [seq_len, num_kv_pairs] pair or null")
+    return segs
+
+
+MQAR_DEFAULTS = {"vocab_size": 8192, "seq_len": 64, "num_kv_pairs": 4, "train_segments": None, "test_segments": None,
+                 "num_train": 20_000, "num_test": 1_000, "power_a": 0.01, "random_non_queries": True, "gen_seed": 0}
+
+
+def spec_of(d: dict) -> MQARSpec:
+    """The MQAR spec of a data config (`data=mqar` keys, defaults as conf/data/mqar.yaml)."""
+    d = {**MQAR_DEFAULTS, **{k: v for k, v in d.items() if k in MQAR_DEFAULTS}}
+    default = Segment(int(d["seq_len"]), int(d["num_kv_pairs"]))
+    return MQARSpec(
+        vocab_size=int(d["vocab_size"]),
+        train_segments=segments_of(d["train_segments"], default, "train_segments"),
+        test_segments=segments_of(d["test_segments"], default, "test_segments"),
+        num_train=int(d["num_train"]),
+        num_test=int(d["num_test"]),
+        power_a=float(d["power_a"]),
+        random_non_queries=bool(d["random_non_queries"]),
+        gen_seed=int(d["gen_seed"]),
+    )
+
+
+def check_mqar(d: dict) -> MQARSpec:
+    """Every MQAR constraint of a data config, torch-free, before anything is generated or trained."""
+    s = spec_of(d)
+    for key, segs in (("train_segments", s.train_segments), ("test_segments", s.test_segments)):
+        for seg in segs:
+            check_segment(seg, s.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
+    longest = max(seg.seq_len for seg in s.train_segments + s.test_segments)
+    block = int(d.get("block_size", 64))
+    if block < longest:
+        raise DataError(f"data.block_size={block} is shorter than the longest MQAR segment "
+                        f"({longest} tokens); set data.block_size={longest}")
+    for key in ("num_train", "num_test"):
+        if getattr(s, key) <= 0:
+            raise DataError(f"data.{key}={getattr(s, key)} must be a positive integer")
+    if not s.power_a > 0:
+        raise DataError(f"data.power_a={s.power_a} must be > 0 (Zoology uses 0.01)")
+    for key in ("batch_size", "max_steps"):
+        v = d.get(key, 1)
+        if not isinstance(v, int) or v <= 0:
+            raise DataError(f"data.{key}={v} must be a positive integer")
+    return s
+
+
 def generate(spec: MQARSpec) -> dict[str, np.ndarray]:
     """Arrays `{split}_{i}_inputs` / `{split}_{i}_labels` for every segment, as int16/int32 to keep caches small."""
     dtype = np.int16 if spec.vocab_size <= 1 << 15 else np.int32

@@ -16,22 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gqa_sweep.data.common import DataError
-from gqa_sweep.data.module import ResumableLoader
-from gqa_sweep.data.mqar import MQARSpec, Segment, check_segment, load_or_generate
-
-
-def segments_of(value, default: Segment, key: str) -> tuple[Segment, ...]:
-    """`[[seq_len, num_kv_pairs], ...]` from the config (null: the single default segment)."""
-    if value is None:
-        return (default,)
-    try:
-        segs = tuple(Segment(int(t), int(k)) for t, k in value)
-    except (TypeError, ValueError):
-        raise DataError(f"data.{key}={value} must be a list of [seq_len, num_kv_pairs] pairs, "
-                        f"e.g. data.{key}=[[64,4],[128,8]]") from None
-    if not segs:
-        raise DataError(f"data.{key} is empty; give at least one [seq_len, num_kv_pairs] pair or null")
-    return segs
+from gqa_sweep.data.loader import ResumableLoader
+from gqa_sweep.data.mqar import check_mqar, load_or_generate
 
 
 class SegmentItems(Dataset):
@@ -82,43 +68,14 @@ class MQARDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        default = Segment(int(seq_len), int(num_kv_pairs))
-        self.spec = MQARSpec(
-            vocab_size=int(vocab_size),
-            train_segments=segments_of(train_segments, default, "train_segments"),
-            test_segments=segments_of(test_segments, default, "test_segments"),
-            num_train=int(num_train),
-            num_test=int(num_test),
-            power_a=float(power_a),
-            random_non_queries=bool(random_non_queries),
-            gen_seed=int(gen_seed),
-        )
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.spec = check_mqar(args)
         self.block_size, self.batch_size = int(block_size), int(batch_size)
         self.seed, self.max_steps, self.num_workers = int(seed), int(max_steps), int(num_workers)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.test_segments = self.spec.test_segments
         self.vocab_size_actual = self.spec.vocab_size
-        self.validate()
         self.train_data: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def validate(self) -> None:
-        """Every MQAR constraint, before anything is generated or trained."""
-        s = self.spec
-        for key, segs in (("train_segments", s.train_segments), ("test_segments", s.test_segments)):
-            for seg in segs:
-                check_segment(seg, s.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
-        longest = max(seg.seq_len for seg in s.train_segments + s.test_segments)
-        if self.block_size < longest:
-            raise DataError(f"data.block_size={self.block_size} is shorter than the longest MQAR segment "
-                            f"({longest} tokens); set data.block_size={longest}")
-        for key in ("num_train", "num_test"):
-            if getattr(s, key) <= 0:
-                raise DataError(f"data.{key}={getattr(s, key)} must be a positive integer")
-        if not s.power_a > 0:
-            raise DataError(f"data.power_a={s.power_a} must be > 0 (Zoology uses 0.01)")
-        for key in ("batch_size", "max_steps"):
-            if getattr(self, key) <= 0:
-                raise DataError(f"data.{key}={getattr(self, key)} must be a positive integer")
 
     # -- preparation
 
