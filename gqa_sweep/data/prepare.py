@@ -45,6 +45,8 @@ STATE_EVERY_S = 2.0
 
 def batch_bytes() -> int:
     """Text per encode call: enough pieces for every thread, small enough that its ids stay cheap."""
+    if os.environ.get("GQA_PREPARE_BATCH_BYTES"):  # tuning (and tests: many batches from a small corpus)
+        return int(os.environ["GQA_PREPARE_BATCH_BYTES"])
     return min(64, max(4, 2 * (os.cpu_count() or 1))) << 20
 
 
