@@ -152,7 +152,9 @@ class BpeTokenizer(HFTokenizer):
 
     @classmethod
     def train(cls, texts, vocab_size: int, eot: bool = False) -> BpeTokenizer:
-        """Train on an iterable of texts (a bounded sample of the train documents)."""
+        """Train on an iterable of texts (a bounded sample of the train documents) or one text."""
+        if isinstance(texts, str):
+            texts = [texts]
         from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
         from tokenizers import Tokenizer as Tok
 
