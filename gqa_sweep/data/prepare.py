@@ -331,6 +331,7 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
     cursor = tuple(state["cursor"]) if state else None
     docs, bytes_read = (state["docs"], state["bytes"]) if state else (0, 0)
     source.replaced.count = state["replaced"] if state else 0
+    t_encode = time.perf_counter()
     progress.start(f"encoding with {tok.label}" + (" (resumed)" if state else ""), source.total_bytes, bytes_read)
     last_save = time.perf_counter()
     bos = tok.delimiter_kind == "bos"
@@ -356,7 +357,7 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
     _check_splits(writers, vf, source, docs)
     meta = {
         "format": CACHE_FORMAT,
-        "source": compact(source.identity()),
+        "source": source.identity(),
         "path": getattr(source, "path", None),
         "tokenizer": {**tok.identity(), "vocab_size": tok.vocab_size, "spec": kind},
         "vocab_size": tok.vocab_size,
@@ -369,7 +370,8 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
         "bytes": bytes_read,
         "replaced_bytes": source.replaced.count,
         "shards": {s: w.done for s, w in writers.items()},
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(time.perf_counter() - t0, 2),  # this run (a resumed prepare: since the resume)
+        "encode_seconds": round(time.perf_counter() - t_encode, 2),  # reading + encoding + writing
     }
     atomic_write(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
     state_path.unlink(missing_ok=True)
@@ -377,16 +379,6 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
     n_val = sum(s["tokens"] for s in meta["shards"]["val"])
     replaced = f", {source.replaced.count:,} undecodable bytes replaced" if source.replaced.count else ""
     progress.note(f"prepared {out}: {n_train:,} train / {n_val:,} val tokens, {docs:,} documents{replaced}")
-
-
-def compact(identity: dict) -> dict:
-    """The source identity for meta.json: a file list becomes its count, bytes and digest."""
-    files = identity.get("files")
-    if not files:
-        return identity
-    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    return {**{k: v for k, v in identity.items() if k != "files"}, "n_files": len(files),
-            "bytes": sum(f[1] for f in files), "files_sha256": digest}
 
 
 def _saved(tok) -> bytes:

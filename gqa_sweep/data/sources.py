@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import glob
 import gzip
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -141,9 +142,13 @@ class TextSource:
         self.total_bytes = sum(f.stat().st_size for f in self.files)
 
     def identity(self) -> dict:
-        """Paths, sizes and mtimes: a changed file is a new corpus, without reading any text."""
-        return {"kind": "text", "text_field": self.text_field, "errors": self.errors,
-                "files": [[str(f.resolve()), (s := f.stat()).st_size, s.st_mtime_ns] for f in self.files]}
+        """Paths, sizes and mtimes (hashed as they are listed): a changed file is a new corpus, no text is read."""
+        h = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"kind": "text", "text_field": self.text_field, "errors": self.errors, "n_files": len(self.files),
+                "bytes": self.total_bytes, "files_sha256": h.hexdigest()}
 
     def _decode(self, raw: bytes, where: Path, offset: int) -> str:
         if self.errors == "replace":

@@ -97,6 +97,11 @@ class ByteTokenizer(Base):
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def encode_batch(self, texts: list[str]):
+        import numpy as np
+
+        return [np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts]  # no list of ints
+
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids if int(i) < 256).decode("utf-8", errors="replace")
 
