@@ -340,10 +340,11 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
         finished = False
         for p, piece_ids in zip(batch, ids):
             split = p.split or ("val" if is_val(p.doc, vf) else "train")
-            arr = np.asarray(piece_ids, dtype=np.int64)
+            arr = np.asarray(piece_ids, dtype=dtype)  # ids < vocab_size fit the dtype: one conversion
             if tok.delimiter is not None and (p.first if bos else p.last):
-                arr = np.concatenate([[tok.delimiter], arr]) if bos else np.append(arr, tok.delimiter)
-            finished |= writers[split].write(arr.astype(dtype), int(p.first))
+                delim = np.array([tok.delimiter], dtype)
+                arr = np.concatenate([delim, arr] if bos else [arr, delim])
+            finished |= writers[split].write(arr, int(p.first))
             docs += int(p.first)
             bytes_read += p.nbytes
         progress.update(sum(p.nbytes for p in batch), f"{docs:,} documents")
