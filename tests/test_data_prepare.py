@@ -290,3 +290,54 @@ def test_mqar_checks_are_torch_free():
                             "set data.block_size=64")
     with pytest.raises(DataError, match="seq_len=63 is odd"):
         check_data({"source": "mqar", "seq_len": 63, "block_size": 64})
+
+
+def test_a_cached_hub_tokenizer_loads_offline(tmp_path, monkeypatch):
+    from gqa_sweep.data.tokenizers import load_named
+
+    hub = tmp_path / "hub"
+    snap = hub / "models--org--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    make_tokenizer_json(snap / "tokenizer.json", ["some text to train on\n" * 50])
+    (snap / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>", "bos_token": "<s>"}))
+    (hub / "models--org--tiny" / "refs").mkdir()
+    (hub / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    tok = load_named("org/tiny")
+    assert tok.delimiter == tok.tok.token_to_id("</s>") and tok.delimiter_kind == "eot"
+    assert tok.decode(tok.encode("some text")) == "some text"
+
+
+def test_a_truncated_shard_in_the_cache_is_refused(tmp_path):
+    from gqa_sweep.data import CorpusDataModule
+
+    kw = {"source": "text", "path": str(corpus(tmp_path / "c", 40)), "tokenizer": "byte",
+          "cache_dir": str(tmp_path / "cache"), "block_size": 8, "progress": False}
+    dm = CorpusDataModule(**kw)
+    dm.prepare()
+    shard = dm.cache_path / "train-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-6])
+    with pytest.raises(DataError, match=r"train-00000.bin is truncated or foreign \(\d+ bytes, its header says \d+\)"):
+        CorpusDataModule(**kw).prepare()
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_log(caplog):
+    import io
+    import logging
+
+    caplog.set_level(logging.INFO, logger="gqa_sweep.data")
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, log = Tty(), io.StringIO()
+    for stream in (tty, log):
+        p = Progress(stream=stream)
+        p.start("encoding with byte", total=4_000_000)
+        p.update(2_000_000, "10 documents")
+        p.end()
+    assert "\rencoding with byte [###############...............] 2 of 4 MB" in tty.getvalue()
+    lines = [r.getMessage() for r in caplog.records]  # a log (here pytest's handler) gets lines, never a bar
+    assert "encoding with byte (4.0 MB)" in lines and any(m.startswith("encoding with byte: 2 of 4 MB") for m in lines)
+    assert "\r" not in log.getvalue() and not any("\r" in m for m in lines)
