@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from gqa_sweep.data import CorpusDataModule, DataError, load_shakespeare
 from gqa_sweep.data import hf as hf_data
@@ -104,6 +105,8 @@ def test_ddp_ranks_split_the_single_device_batches(tmp_path):
         dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
         loader = dm.train_dataloader()
         assert len(loader) == 3
+        # Lightning keeps a DistributedSampler (it would swap any other for a shuffling one): every step, in order
+        assert isinstance(loader.sampler, DistributedSampler) and list(loader.sampler) == [0, 1, 2]
         per_rank.append(batches(loader, 3))
     for s, (x, _) in enumerate(single):
         assert torch.equal(x[0::2], per_rank[0][s][0]) and torch.equal(x[1::2], per_rank[1][s][0])

@@ -12,7 +12,7 @@ from itertools import islice
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gqa_sweep.data.shards import TokenStream
 
@@ -52,6 +52,23 @@ class StepBatches(Dataset):
         return w[:, :-1].contiguous(), w[:, 1:].contiguous()  # the loss views y flat
 
 
+class EveryStep(DistributedSampler):
+    """Steps 0, 1, ... in order on every rank (each rank's item s is already its own part of step s).
+
+    A DistributedSampler only so that Lightning keeps it: under DDP Lightning replaces any other sampler with a
+    shuffling DistributedSampler, which would hand each rank a shuffled subset of the steps.
+    """
+
+    def __init__(self, dataset: Dataset, world: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=False)
+
+    def __iter__(self):
+        return iter(range(len(self.dataset)))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
 class WindowDataset(Dataset):
     """(x, y) windows of `block_size` tokens at fixed starts (validation)."""
 
@@ -89,6 +106,7 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         start, self._resume_at = self._resume_at, 0
         per = 1 if self.batch_size is None else self.batch_size * getattr(self.sampler, "num_replicas", 1)
+        # (a step loader's EveryStep sampler has num_replicas too, but its items are whole steps: shift by steps)
         self.dataset.shift = start * per
         self._position = start
         for batch in islice(super().__iter__(), len(self) - start):  # the rest of the pass, then stop

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.loader import (
+    EveryStep,
     ResumableLoader,
     StepBatches,
     WindowDataset,
@@ -169,7 +170,8 @@ class CorpusDataModule(L.LightningDataModule):
         """Under DDP, step s trains on the windows of step s on one device with batch B*W, split over the W
         ranks; each rank computes its own part (no sampler: the dataset's item s is the batch of step s)."""
         world, rank = self._world()
-        return ResumableLoader(self.train_batches(world, rank), batch_size=None, shuffle=False,
+        batches = self.train_batches(world, rank)
+        return ResumableLoader(batches, batch_size=None, sampler=EveryStep(batches, world, rank),
                                num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                                persistent_workers=self.num_workers > 0)
 
