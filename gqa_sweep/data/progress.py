@@ -16,6 +16,7 @@ class Progress:
         self.enabled = enabled
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.stage, self.done, self.total, self.t0, self.last = "", 0, 0, time.perf_counter(), 0.0
+        self.drawn = False
 
     def start(self, stage: str, total: int = 0, done: int = 0) -> None:
         self.end()
@@ -24,6 +25,9 @@ class Progress:
 
     def note(self, message: str) -> None:
         if self.enabled:
+            if self.tty and self.drawn:  # end the bar's line first
+                self.stream.write("\n")
+                self.drawn = False
             log.info(message)
             if not logging.getLogger().handlers and not log.handlers:  # nobody configured logging: still say it
                 print(message, file=self.stream, flush=True)
@@ -43,12 +47,13 @@ class Progress:
             bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
             self.stream.write(f"\r{self.stage} [{bar}] {mb:,.0f}{of} MB {rate:.1f} MB/s {extra}   ")
             self.stream.flush()
+            self.drawn = True
         elif now - self.last >= LINE_EVERY_S:
             self.note(f"{self.stage}: {mb:,.0f}{of} MB, {rate:.1f} MB/s {extra}".rstrip())
         self.last = now
 
     def end(self) -> None:
-        if self.tty and self.stage:
+        if self.tty and self.drawn:
             self.stream.write("\n")
             self.stream.flush()
-        self.stage = ""
+        self.stage, self.drawn = "", False
