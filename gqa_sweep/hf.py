@@ -249,6 +249,28 @@ def load_hf_dir(path: str | Path) -> DecoderLM:
     return from_hf(hf)
 
 
+def export_delimiter(hf: PreTrainedModel, run_tokenizer: Path) -> str | None:
+    """Declare the run's document delimiter as the model's eos and bos (config and generation config).
+
+    The delimiter (an end-of-text token after each training document, or a BOS before it) is the token a
+    document starts after: it is what lm-eval-harness prefixes a context with (its `prefix_token_id` is the
+    tokenizer's bos, else its eos) and where generation should stop.
+    """
+    from gqa_sweep.data.tokenizers import delimiter_token_of
+
+    token = delimiter_token_of(run_tokenizer)
+    if token is None:
+        return None
+    from tokenizers import Tokenizer
+
+    token_id = Tokenizer.from_file(str(run_tokenizer)).token_to_id(token)
+    for c in (hf.config, getattr(hf, "generation_config", None)):
+        if c is None:
+            continue
+        c.eos_token_id = c.bos_token_id = token_id
+    return token
+
+
 def export_main(argv: list[str] | None = None) -> int:
     """`gqa-export RUN_DIR|CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama (or Qwen3) directory."""
     from gqa_sweep.checkpoint import load_model
@@ -279,13 +301,15 @@ def export_main(argv: list[str] | None = None) -> int:
     transformers = _transformers()
     transformers.utils.logging.disable_progress_bar()  # keep the CLI's output to its one summary line
     out = Path(args.out_dir)
-    hf.save_pretrained(out, safe_serialization=True)
     run_tokenizer = Path(args.checkpoint).parent / "tokenizer.json"  # written by each run next to model.pt
+    delim = export_delimiter(hf, run_tokenizer) if run_tokenizer.is_file() else None
+    hf.save_pretrained(out, safe_serialization=True)
     if run_tokenizer.is_file():
+        specials = {"eos_token": delim, "bos_token": delim} if delim else {}
         transformers.PreTrainedTokenizerFast(
-            tokenizer_file=str(run_tokenizer), clean_up_tokenization_spaces=False  # our decode is exact
+            tokenizer_file=str(run_tokenizer), clean_up_tokenization_spaces=False, **specials  # our decode is exact
         ).save_pretrained(out)
-        tokenizer_note = "tokenizer.json"
+        tokenizer_note = "tokenizer.json" + (f" (eos = bos = {delim})" if delim else "")
     else:
         tokenizer_note = f"no tokenizer (none at {run_tokenizer})"
     umask = os.umask(0)

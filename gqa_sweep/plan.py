@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from gqa_sweep.config import (
@@ -29,7 +30,7 @@ from gqa_sweep.config import (
     validate,
 )
 from gqa_sweep.data.common import DataError
-from gqa_sweep.data.mqar import check_mqar, mqar_spec
+from gqa_sweep.data.spec import check_data
 from gqa_sweep.precision import resolve_precision
 from gqa_sweep.results import ResultsStore, StoreError
 
@@ -62,14 +63,15 @@ class RunPlan:
 
 
 def check_inputs(cfg: DictConfig) -> None:
-    """Every check that needs neither torch nor data on disk; raises ConfigError naming the fix."""
+    """Every check that needs neither torch nor data prepared; raises ConfigError naming the fix."""
     validate(cfg)
-    if cfg.data.get("source") == "mqar":  # the generator's constraints are pure config
-        d = resolved(cfg)["data"]
-        try:
-            check_mqar(mqar_spec(**d), int(d["block_size"]), int(d["batch_size"]), max(1, max_steps_of(resolved(cfg))))
-        except DataError as e:
-            raise ConfigError(str(e)) from None
+    d = resolved(cfg)["data"]
+    if d.get("path"):
+        d["path"] = to_absolute_path(str(d["path"]))
+    try:  # the data's torch-free checks: paths, tokenizer files, columns, MQAR's generator constraints
+        check_data({**d, "max_steps": max(1, max_steps_of(resolved(cfg)))})
+    except DataError as e:
+        raise ConfigError(str(e)) from None
     try:
         ResultsStore(results_dir(cfg)).check_writable()
     except StoreError as e:

@@ -1,23 +1,28 @@
-"""Data: corpora (embedded, local text, Hugging Face) -> tokenizers -> a LightningDataModule.
+"""Data: sources (embedded, local text, Hugging Face, token files) -> tokenizers -> token shards -> LightningDataModules.
 
-The exports load lazily: the torch-free parts (data.mqar's spec checks, data.common) are imported by the
-sweep's plan step, which must not pay for torch and Lightning.
+Importing the package is light (no torch, no lightning): `gqa_sweep.data.spec.check_data` runs before torch loads.
+The data modules are imported on first use.
 """
 
-from importlib import import_module
+from gqa_sweep.data.common import DataError
 
-_EXPORTS = {
+_LAZY = {
     "CorpusDataModule": "gqa_sweep.data.module",
-    "DataError": "gqa_sweep.data.common",
     "MQARDataModule": "gqa_sweep.data.mqar_module",
     "load_hf": "gqa_sweep.data.hf",
-    "load_shakespeare": "gqa_sweep.data.text",
+    "load_shakespeare": "gqa_sweep.data.sources",
     "load_text": "gqa_sweep.data.text",
+    "check_data": "gqa_sweep.data.spec",
+    "prepare": "gqa_sweep.data.prepare",
 }
-__all__ = sorted(_EXPORTS)
+
+__all__ = ["CorpusDataModule", "DataError", "MQARDataModule", "check_data", "load_hf", "load_shakespeare",
+           "load_text", "prepare"]
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'gqa_sweep.data' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gqa_sweep.data' has no attribute {name!r}")

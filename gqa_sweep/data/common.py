@@ -1,4 +1,4 @@
-"""What every data source shares: the error type and the atomic on-disk cache."""
+"""What every data source shares: the error type, the token dtype rule and atomic writes."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_FORMAT = 1  # bump when the cached layout or tokenization changes
-PATH_HINT = "pass an existing UTF-8 text file, directory or glob"
+CACHE_FORMAT = 2  # bump when the shard layout, the split or the tokenization changes (2: streaming shards)
+PATH_HINT = "pass an existing text file, directory or glob"
 LOCAL_HINT = "use a local file instead: data=text data.path=FILE"
 
 
 class DataError(ValueError):
     """Bad data configuration or unusable corpus; the message is one line that names the fix."""
-
 
 
 def atomic_dir(final: Path, build) -> bool:
@@ -35,5 +34,19 @@ def atomic_dir(final: Path, build) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def atomic_write(path: Path, write) -> None:
+    """`write(f)` into a temp sibling, fsync, then rename: a reader sees the whole file or none of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.int32)
+    """uint16 while every id fits (vocab <= 65,536, GPT-2's 50,257 included), else uint32 (Llama-3, Qwen)."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)

@@ -139,40 +139,47 @@ def segments_of(value, default: Segment, key: str) -> tuple[Segment, ...]:
     return segs
 
 
-def mqar_spec(vocab_size: int = 8192, seq_len: int = 64, num_kv_pairs: int = 4, train_segments: list | None = None,
-              test_segments: list | None = None, num_train: int = 20_000, num_test: int = 1_000,
-              power_a: float = 0.01, random_non_queries: bool = True, gen_seed: int = 0, **_) -> MQARSpec:
-    """The spec of a `data=mqar` config (its other keys, batch and block sizes, are the loader's)."""
-    default = Segment(int(seq_len), int(num_kv_pairs))
+MQAR_DEFAULTS = {"vocab_size": 8192, "seq_len": 64, "num_kv_pairs": 4, "train_segments": None, "test_segments": None,
+                 "num_train": 20_000, "num_test": 1_000, "power_a": 0.01, "random_non_queries": True, "gen_seed": 0}
+
+
+def spec_of(d: dict) -> MQARSpec:
+    """The MQAR spec of a data config (`data=mqar` keys, defaults as conf/data/mqar.yaml)."""
+    d = {**MQAR_DEFAULTS, **{k: v for k, v in d.items() if k in MQAR_DEFAULTS}}
+    default = Segment(int(d["seq_len"]), int(d["num_kv_pairs"]))
     return MQARSpec(
-        vocab_size=int(vocab_size),
-        train_segments=segments_of(train_segments, default, "train_segments"),
-        test_segments=segments_of(test_segments, default, "test_segments"),
-        num_train=int(num_train),
-        num_test=int(num_test),
-        power_a=float(power_a),
-        random_non_queries=bool(random_non_queries),
-        gen_seed=int(gen_seed),
+        vocab_size=int(d["vocab_size"]),
+        train_segments=segments_of(d["train_segments"], default, "train_segments"),
+        test_segments=segments_of(d["test_segments"], default, "test_segments"),
+        num_train=int(d["num_train"]),
+        num_test=int(d["num_test"]),
+        power_a=float(d["power_a"]),
+        random_non_queries=bool(d["random_non_queries"]),
+        gen_seed=int(d["gen_seed"]),
     )
 
 
-def check_mqar(spec: MQARSpec, block_size: int, batch_size: int, max_steps: int) -> None:
-    """Every MQAR constraint, torch-free, so a sweep's plan step checks it before torch loads."""
-    for key, segs in (("train_segments", spec.train_segments), ("test_segments", spec.test_segments)):
+def check_mqar(d: dict) -> MQARSpec:
+    """Every MQAR constraint of a data config, torch-free, before anything is generated or trained."""
+    s = spec_of(d)
+    for key, segs in (("train_segments", s.train_segments), ("test_segments", s.test_segments)):
         for seg in segs:
-            check_segment(seg, spec.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
-    longest = max(seg.seq_len for seg in spec.train_segments + spec.test_segments)
-    if block_size < longest:
-        raise DataError(f"data.block_size={block_size} is shorter than the longest MQAR segment "
+            check_segment(seg, s.vocab_size, f"data.{key} {[seg.seq_len, seg.num_kv_pairs]}")
+    longest = max(seg.seq_len for seg in s.train_segments + s.test_segments)
+    block = int(d.get("block_size", 64))
+    if block < longest:
+        raise DataError(f"data.block_size={block} is shorter than the longest MQAR segment "
                         f"({longest} tokens); set data.block_size={longest}")
     for key in ("num_train", "num_test"):
-        if getattr(spec, key) <= 0:
-            raise DataError(f"data.{key}={getattr(spec, key)} must be a positive integer")
-    if not spec.power_a > 0:
-        raise DataError(f"data.power_a={spec.power_a} must be > 0 (Zoology uses 0.01)")
-    for key, value in (("batch_size", batch_size), ("max_steps", max_steps)):
-        if value <= 0:
-            raise DataError(f"data.{key}={value} must be a positive integer")
+        if getattr(s, key) <= 0:
+            raise DataError(f"data.{key}={getattr(s, key)} must be a positive integer")
+    if not s.power_a > 0:
+        raise DataError(f"data.power_a={s.power_a} must be > 0 (Zoology uses 0.01)")
+    for key in ("batch_size", "max_steps"):
+        v = d.get(key, 1)
+        if not isinstance(v, int) or v <= 0:
+            raise DataError(f"data.{key}={v} must be a positive integer")
+    return s
 
 
 def generate(spec: MQARSpec) -> dict[str, np.ndarray]:

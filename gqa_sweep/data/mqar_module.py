@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from gqa_sweep.data.common import DataError
-from gqa_sweep.data.module import ResumableLoader
-from gqa_sweep.data.mqar import check_mqar, load_or_generate, mqar_spec
+from gqa_sweep.data.loader import ResumableLoader
+from gqa_sweep.data.mqar import check_mqar, load_or_generate
 
 
 class SegmentItems(Dataset):
@@ -68,21 +68,14 @@ class MQARDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.spec = mqar_spec(vocab_size=vocab_size, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
-                              train_segments=train_segments, test_segments=test_segments, num_train=num_train,
-                              num_test=num_test, power_a=power_a, random_non_queries=random_non_queries,
-                              gen_seed=gen_seed)
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.spec = check_mqar(args)
         self.block_size, self.batch_size = int(block_size), int(batch_size)
         self.seed, self.max_steps, self.num_workers = int(seed), int(max_steps), int(num_workers)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
         self.test_segments = self.spec.test_segments
         self.vocab_size_actual = self.spec.vocab_size
-        self.validate()
         self.train_data: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def validate(self) -> None:
-        """Every MQAR constraint, before anything is generated or trained (torch-free: data.mqar.check_mqar)."""
-        check_mqar(self.spec, self.block_size, self.batch_size, self.max_steps)
 
     # -- preparation
 

@@ -1,0 +1,407 @@
+"""Streaming prepare: documents -> tokenizer -> token shards on disk, in bounded memory, resumable.
+
+    source.pieces()  --reader thread-->  batches of about BATCH_BYTES of text
+        --tokenizer.encode_batch (the library's threads)-->  ids per piece (+ the delimiter per document)
+        --split by document (or by position)-->  train / val ShardWriters  -->  train-00000.bin, val-00000.bin, ...
+
+Memory is one batch of text and its ids (a shard streams to its file), so it does not grow with the corpus.
+The output directory is `cache_dir/<key>`, the key a hash of the source's identity (paths, sizes and mtimes, or
+an HF fingerprint), the tokenizer's identity, the split, the delimiter policy, the shard size and the format.
+`meta.json` is written last: a directory without it is incomplete and is never read. An interrupted prepare
+(even kill -9) resumes from `state.json` (the reading cursor and the shards written), and ends with the same
+bytes as an uninterrupted one. Parallel jobs serialise on a lock file (flock) and share the result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from gqa_sweep.data.common import CACHE_FORMAT, DataError, atomic_write, token_dtype
+from gqa_sweep.data.progress import Progress
+from gqa_sweep.data.shards import HEADER_BYTES, inspect, shard_header
+from gqa_sweep.data.tokenizers import (
+    BpeTokenizer,
+    ByteTokenizer,
+    CharTokenizer,
+    is_builtin,
+    load_named,
+    load_saved,
+)
+
+DEFAULT_SHARD_TOKENS = 100_000_000
+DEFAULT_BPE_SAMPLE_BYTES = 64 << 20
+STATE_EVERY_S = 2.0
+
+
+def batch_bytes() -> int:
+    """Text per encode call: enough pieces for every thread, small enough that its ids stay cheap."""
+    if os.environ.get("GQA_PREPARE_BATCH_BYTES"):  # tuning (and tests: many batches from a small corpus)
+        return int(os.environ["GQA_PREPARE_BATCH_BYTES"])
+    return min(64, max(4, 2 * (os.cpu_count() or 1))) << 20
+
+
+def is_val(doc: int, val_fraction: float) -> bool:
+    """A document's split from a hash of its index: stable when documents are appended, never cuts one."""
+    h = int.from_bytes(hashlib.blake2b(doc.to_bytes(8, "little"), digest_size=8).digest(), "little")
+    return h < val_fraction * 2**64
+
+
+# ------------------------------------------------------------------------------------------------- sources
+
+
+def make_source(d: dict):
+    """The document source of a data config (`data.source` = shakespeare | text | hf)."""
+    from gqa_sweep.data.sources import ShakespeareSource, TextSource
+
+    vf = float(d.get("val_fraction", 0.1))
+    if d["source"] == "text":
+        return TextSource(d["path"], d.get("suffixes"), d.get("text_field", "text"),
+                          d.get("encoding_errors", "strict"), vf)
+    if d["source"] == "hf":
+        from gqa_sweep.data.hf import HFSource
+
+        return HFSource(d["name"], d.get("config"), d.get("split", "train"), d.get("text_field", "text"),
+                        bool(d.get("streaming", False)), d.get("num_proc"))
+    return ShakespeareSource(vf)
+
+
+def delimiter_on(d: dict, structured: bool) -> bool:
+    """`data.delimiter`: auto separates documents when the corpus has them; eot / none force it on / off."""
+    policy = d.get("delimiter", "auto")
+    if policy not in ("auto", "eot", "none"):
+        raise DataError(f"data.delimiter={policy} is unknown; use auto, eot or none")
+    return policy == "eot" or (policy == "auto" and structured)
+
+
+def tokenizer_settings(d: dict, delimit: bool) -> dict:
+    kind = d.get("tokenizer", "char")
+    if kind == "bpe":
+        return {"label": "bpe", "vocab_size": int(d.get("vocab_size", 1024)), "eot": delimit,
+                "sample_bytes": int(d.get("bpe_sample_bytes") or DEFAULT_BPE_SAMPLE_BYTES)}
+    if kind in ("char", "byte"):
+        return {"label": kind, "eot": delimit}
+    return {**load_named(kind).identity(), "delimit": delimit}
+
+
+def cache_key(d: dict, source, tok_settings: dict) -> str:
+    settings = {
+        "format": CACHE_FORMAT,
+        "source": source.identity(),
+        "tokenizer": tok_settings,
+        "val_fraction": float(d.get("val_fraction", 0.1)),
+        "split": "document" if source.structured else "position",
+        "shard_tokens": int(d.get("shard_tokens") or DEFAULT_SHARD_TOKENS),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ------------------------------------------------------------------------------------------------- writer
+
+
+class ShardWriter:
+    """Appends ids to `{split}-{k:05d}.bin`, `shard_tokens` per file; the open shard is `.{name}.partial`."""
+
+    def __init__(self, out: Path, split: str, shard_tokens: int, dtype: np.dtype, vocab: int, delim: int | None,
+                 progress: Progress, state: dict | None = None) -> None:
+        self.out, self.split, self.cap, self.dtype = out, split, shard_tokens, np.dtype(dtype).newbyteorder("<")
+        self.vocab, self.delim, self.progress = vocab, delim, progress
+        self.done: list[dict] = []  # {"file", "tokens", "docs"} of finished shards
+        self.n, self.docs, self.f = 0, 0, None
+        if state:
+            self._restore(state)
+
+    def name(self, k: int) -> str:
+        return f"{self.split}-{k:05d}.bin"
+
+    def partial(self, k: int) -> Path:
+        return self.out / f".{self.name(k)}.partial"
+
+    def _restore(self, state: dict) -> None:
+        self.done = state["done"]
+        for s in self.done:
+            if inspect(self.out / s["file"]).n_tokens != s["tokens"]:
+                raise DataError(f"{self.out / s['file']} does not match the prepare state")
+        k, n = len(self.done), state["tokens"]
+        final, part = self.out / self.name(k), self.partial(k)
+        if final.exists():  # finished after the state was saved: reopen it as the partial shard
+            os.replace(final, part)
+        for p in list(self.out.glob(f"{self.split}-*.bin")) + list(self.out.glob(f".{self.split}-*.partial")):
+            if p not in (part,) and p.name not in {s["file"] for s in self.done}:
+                p.unlink()
+        if n:
+            if not part.exists() or part.stat().st_size < HEADER_BYTES + n * self.dtype.itemsize:
+                raise DataError("partial shard shorter than the prepare state")
+            self.f = open(part, "r+b")  # noqa: SIM115 (held open across writes)
+            self.f.truncate(HEADER_BYTES + n * self.dtype.itemsize)
+            self.f.seek(0, os.SEEK_END)
+        self.n, self.docs = n, state["docs"]
+
+    def state(self) -> dict:
+        if self.f is not None:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        return {"done": self.done, "tokens": self.n, "docs": self.docs}
+
+    def write(self, ids: np.ndarray, new_docs: int) -> bool:
+        """Append; True when a shard was finished."""
+        self.docs += new_docs
+        finished = False
+        while len(ids):
+            if self.f is None:
+                self.f = open(self.partial(len(self.done)), "wb")  # noqa: SIM115
+                self.f.write(bytes(HEADER_BYTES))
+            take = ids[: self.cap - self.n]
+            self.f.write(take.astype(self.dtype, copy=False).tobytes())
+            self.n += len(take)
+            ids = ids[len(take):]
+            if self.n == self.cap:
+                self.finish()
+                finished = True
+        return finished
+
+    def finish(self) -> None:
+        """Header with the final count, fsync, rename: the shard appears whole or not at all."""
+        if self.f is None:
+            return
+        k = len(self.done)
+        self.f.seek(0)
+        self.f.write(shard_header(self.n, self.dtype, self.vocab, self.delim))
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        self.f = None
+        os.replace(self.partial(k), self.out / self.name(k))
+        self.done.append({"file": self.name(k), "tokens": self.n, "docs": self.docs})
+        self.progress.note(f"wrote shard {self.name(k)} ({self.n:,} tokens, {self.docs:,} documents)")
+        self.n, self.docs = 0, 0
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+# ----------------------------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer(d: dict, settings: dict, source, progress: Progress):
+    """char: one pass for the character set; bpe: trained on the first bpe_sample_bytes of the train documents."""
+    kind, eot = d.get("tokenizer", "char"), settings.get("eot", False)
+    if kind == "byte":
+        return ByteTokenizer(eot)
+    vf = float(d.get("val_fraction", 0.1))
+    if kind == "char":
+        progress.start("reading (char vocabulary)", source.total_bytes)
+        chars: set[str] = set()
+        for p in source.pieces():
+            chars.update(p.text)
+            progress.update(p.nbytes)
+        progress.end()
+        return CharTokenizer("".join(sorted(chars)), eot)
+    budget = settings["sample_bytes"]
+    progress.start("training BPE", min(budget, source.total_bytes or budget))
+
+    def sample():
+        seen = 0
+        for p in source.pieces():
+            if (p.split or ("val" if is_val(p.doc, vf) else "train")) != "train":
+                continue
+            text = p.text[: budget - seen]  # the sample ends at the budget, not at a piece's end
+            yield text
+            seen += len(text)
+            progress.update(len(text))
+            if seen >= budget:
+                return
+
+    tok = BpeTokenizer.train(sample(), settings["vocab_size"], eot)
+    progress.end()
+    return tok
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+@contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def batches(pieces, size: int):
+    """Lists of pieces of about `size` bytes of text, each ending at a piece one can resume after."""
+    batch, n = [], 0
+    for p in pieces:
+        batch.append(p)
+        n += len(p.text)
+        if n >= size and p.cursor is not None:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+def prefetch(it, depth: int = 2):
+    """Run `it` on a thread, `depth` items ahead: reading overlaps encoding (both release the GIL)."""
+    q: queue.Queue = queue.Queue(depth)
+    end = object()
+
+    def run() -> None:
+        try:
+            for x in it:
+                q.put(x)
+            q.put(end)
+        except BaseException as e:  # noqa: BLE001 (handed to the consumer, raised there)
+            q.put(e)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (x := q.get()) is not end:
+        if isinstance(x, BaseException):
+            raise x
+        yield x
+
+
+def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
+    """Shards for data config `d` (cached): the directory holding meta.json, tokenizer.json and the shards.
+
+    A cache hit reads no text: the key comes from file sizes and mtimes (or the HF fingerprint). `on_hit(bool)`
+    is told whether the shards were already there.
+    """
+    progress = progress or Progress()
+    source = make_source(d)
+    delimit = delimiter_on(d, source.structured)
+    settings = tokenizer_settings(d, delimit)
+    cache_dir = Path(os.path.expanduser(d.get("cache_dir", "~/.cache/gqa-sweep")))
+    out = cache_dir / cache_key(d, source, settings)
+    hit = (out / "meta.json").exists()
+    if on_hit:
+        on_hit(hit)
+    if hit:
+        return out
+    with locked(cache_dir / f".{out.name}.lock"):
+        if (out / "meta.json").exists():  # another job prepared it while we waited
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        _prepare_into(out, d, source, settings, progress)
+    return out
+
+
+def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress) -> None:
+    t0 = time.perf_counter()
+    kind = d.get("tokenizer", "char")
+    if is_builtin(kind):
+        if not (out / "tokenizer.json").exists():
+            tok = build_tokenizer(d, settings, source, progress)
+            atomic_write(out / "tokenizer.json", lambda f: f.write(_saved(tok)))
+        tok = load_saved(out / "tokenizer.json", kind)
+    else:
+        tok = load_named(kind)
+        if not settings["delimit"]:
+            tok.delimiter = tok.delimiter_kind = None
+        elif tok.delimiter is None:
+            raise DataError(f"data.tokenizer={kind} has no end-of-text or begin-of-text special token to separate "
+                            "documents; use data.delimiter=none or a tokenizer with one")
+    dtype = token_dtype(tok.vocab_size)
+    vf, shard_tokens = float(d.get("val_fraction", 0.1)), int(d.get("shard_tokens") or DEFAULT_SHARD_TOKENS)
+    state_path = out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+    try:
+        writers = {s: ShardWriter(out, s, shard_tokens, dtype, tok.vocab_size, tok.delimiter, progress,
+                                  state["writers"][s] if state else None) for s in ("train", "val")}
+    except (DataError, OSError, KeyError):  # an unusable state: start over (same bytes in the end)
+        state = None
+        for p in [*out.glob("*.bin"), *out.glob(".*.partial")]:
+            p.unlink()
+        writers = {s: ShardWriter(out, s, shard_tokens, dtype, tok.vocab_size, tok.delimiter, progress)
+                   for s in ("train", "val")}
+    cursor = tuple(state["cursor"]) if state else None
+    docs, bytes_read = (state["docs"], state["bytes"]) if state else (0, 0)
+    source.replaced.count = state["replaced"] if state else 0
+    t_encode = time.perf_counter()
+    progress.start(f"encoding with {tok.label}" + (" (resumed)" if state else ""), source.total_bytes, bytes_read)
+    last_save = time.perf_counter()
+    bos = tok.delimiter_kind == "bos"
+    for batch in prefetch(batches(source.pieces(cursor), batch_bytes())):
+        ids = tok.encode_batch([p.text for p in batch])
+        finished = False
+        for p, piece_ids in zip(batch, ids):
+            split = p.split or ("val" if is_val(p.doc, vf) else "train")
+            arr = np.asarray(piece_ids, dtype=dtype)  # ids < vocab_size fit the dtype: one conversion
+            if tok.delimiter is not None and (p.first if bos else p.last):
+                delim = np.array([tok.delimiter], dtype)
+                arr = np.concatenate([delim, arr] if bos else [arr, delim])
+            finished |= writers[split].write(arr, int(p.first))
+            docs += int(p.first)
+            bytes_read += p.nbytes
+        progress.update(sum(p.nbytes for p in batch), f"{docs:,} documents")
+        if finished or time.perf_counter() - last_save >= STATE_EVERY_S:
+            _save_state(state_path, batch[-1].cursor, writers, docs, bytes_read, source.replaced.count)
+            last_save = time.perf_counter()
+    progress.end()
+    for w in writers.values():
+        w.finish()
+        w.close()
+    _check_splits(writers, vf, source, docs)
+    meta = {
+        "format": CACHE_FORMAT,
+        "source": source.identity(),
+        "path": getattr(source, "path", None),
+        "tokenizer": {**tok.identity(), "vocab_size": tok.vocab_size, "spec": kind},
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "delimiter": {"id": tok.delimiter, "kind": tok.delimiter_kind,
+                      "token": getattr(tok, "delimiter_token", "<|endoftext|>" if tok.delimiter is not None else None),
+                      "policy": d.get("delimiter", "auto")},
+        "split": {"by": "document" if source.structured else "position", "val_fraction": vf},
+        "documents": docs,
+        "bytes": bytes_read,
+        "replaced_bytes": source.replaced.count,
+        "shards": {s: w.done for s, w in writers.items()},
+        "seconds": round(time.perf_counter() - t0, 2),  # this run (a resumed prepare: since the resume)
+        "encode_seconds": round(time.perf_counter() - t_encode, 2),  # reading + encoding + writing
+    }
+    atomic_write(out / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    state_path.unlink(missing_ok=True)
+    n_train = sum(s["tokens"] for s in meta["shards"]["train"])
+    n_val = sum(s["tokens"] for s in meta["shards"]["val"])
+    replaced = f", {source.replaced.count:,} undecodable bytes replaced" if source.replaced.count else ""
+    progress.note(f"prepared {out}: {n_train:,} train / {n_val:,} val tokens, {docs:,} documents{replaced}")
+
+
+def _saved(tok) -> bytes:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as t:
+        tok.save(Path(t) / "tokenizer.json")
+        return (Path(t) / "tokenizer.json").read_bytes()
+
+
+def _save_state(path: Path, cursor, writers: dict, docs: int, nbytes: int, replaced: int) -> None:
+    state = {"cursor": cursor, "writers": {s: w.state() for s, w in writers.items()}, "docs": docs,
+             "bytes": nbytes, "replaced": replaced}
+    atomic_write(path, lambda f: f.write(json.dumps(state).encode()))
+
+
+def _check_splits(writers: dict, vf: float, source, docs: int) -> None:
+    counts = {s: sum(x["tokens"] for x in w.done) for s, w in writers.items()}
+    if docs == 0 or counts["train"] + counts["val"] == 0:
+        raise DataError(f"the corpus is empty (no text in {getattr(source, 'path', None) or 'the source'}); "
+                        "pass some text")
+    for s in ("train", "val"):
+        if counts[s] == 0:
+            raise DataError(f"data.val_fraction={vf} puts none of the {docs} documents in {s}; "
+                            f"{'raise' if s == 'val' else 'lower'} data.val_fraction or add documents")
