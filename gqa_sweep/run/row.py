@@ -61,6 +61,7 @@ def describe_run(cfg: DictConfig, plan: RunPlan, module: LMModule, dm, parent_id
         "block_size": int(cfg.data.block_size),
         "max_steps": max_steps_of(plan.config),
         "data_name": dm.name,
+        "data_train_tokens": getattr(dm, "train_tokens", None),  # MQAR: none (generated examples)
         "tokenizer": dm.tokenizer_label,
         "precision": str(cfg.trainer.precision),
         "sdpa_backend": cfg.model.sdpa_backend,
@@ -84,11 +85,14 @@ def finished_row(base: dict, summary: dict, measured: dict, val_loss: float, mod
     if not diverged:  # loss by position bucket; MQAR: recall accuracy overall and per test segment
         row.update(module.val_stats.row(getattr(dm, "test_segments", None)))
     tokens_per_step = base["batch_size"] * base["block_size"] * trainer.world_size
+    tokens_seen = (summary["diverged_step"] or base["max_steps"]) * tokens_per_step
     row.update(
         status="diverged" if diverged else "completed",
         val_loss=val_loss,
         val_ppl=math.exp(val_loss) if math.isfinite(val_loss) and val_loss < 700 else math.nan,
-        tokens_seen=(summary["diverged_step"] or base["max_steps"]) * tokens_per_step,
+        tokens_seen=tokens_seen,
+        # Passes over the train split: a ladder's largest size should not repeat its data more than a few times.
+        epochs=tokens_seen / base["data_train_tokens"] if base.get("data_train_tokens") else None,
         wall_s=clock.wall_s(),
         finished_at=now_iso(),
     )
