@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.report import fair, layouts, recall, stability
+from gqa_sweep.report import fair, layouts, recall, scaling, stability
 from gqa_sweep.report.cells import (
     _counts,
     _ppl_stats,
@@ -299,7 +299,7 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-for _module in (recall, fair, layouts):
+for _module in (recall, fair, layouts, scaling):  # scaling: built only by `gqa-report --scaling`
     TITLES.update(_module.TITLES)
     NOTES.update(_module.NOTES)
     DISPLAY.update(_module.DISPLAY)

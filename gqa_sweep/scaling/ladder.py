@@ -23,16 +23,19 @@ D_HEAD = 16
 VOCAB = 512  # bpe; a small vocabulary keeps the LM head from dominating N at the smallest sizes
 BATCH, BLOCK = 16, 128  # 2,048 tokens per step
 TOKENS_PER_PARAM = 20
-SHAPES = (("s1", 1, 24), ("s2", 2, 32), ("s3", 2, 48), ("s4", 3, 56), ("s5", 3, 80))  # (label, n_layers, d_model)
+# Train tokens of the ladder corpus (gqa_sweep/scaling/corpus.py over build-corpus.sh, BPE 512, val 10 %):
+# measured 2026-12-02. data=text samples windows at random, so the expected passes over it are tokens / this.
+CORPUS_TRAIN_TOKENS = 29_680_801
+SHAPES = (("s1", 1, 20), ("s2", 1, 32), ("s3", 2, 40), ("s4", 2, 56), ("s5", 3, 64))  # (label, n_layers, d_model)
 # More seeds where a run is cheap: the seed sigma of the fit's weights comes mostly from the small sizes.
-SEEDS = {"s1": 4, "s2": 3, "s3": 3, "s4": 2, "s5": 2}
+SEEDS = {"s1": 3, "s2": 3, "s3": 2, "s4": 2, "s5": 2}
 
-# lr rule: best lr of {3e-3, 1e-2, 3e-2} for MHA and MQA at s1 and s3 (experiment=ladder_lr, measured on the
-# 2-core AMD EPYC, 2026-12-01); LR_REF is the geometric mean of the two G's best lr at s1, the exponent the slope
-# of log(best lr) between s1 and s3. See LR_GRID_RESULT.
-LR_GRID = (3e-3, 1e-2, 3e-2)
-LR_GRID_SIZES = ("s1", "s3")
-LR_GRID_RESULT: dict[str, dict[int, float]] = {"s1": {4: 1e-2, 1: 1e-2}, "s3": {4: 1e-2, 1: 1e-2}}
+# lr rule: the best lr of a small grid for MHA (G=4) and MQA (G=1) at two shapes (experiment=ladder with
+# sweep=ladder_lr, measured on the 2-core AMD EPYC, 2026-12-02): LR_REF is the geometric mean of the two G's best
+# lr at the smaller shape, LR_EXPONENT the slope of log(best lr) vs log N between the two shapes.
+LR_GRID = (3e-3, 1e-2, 3e-2, 1e-1)
+LR_GRID_SHAPES = {"g1": (1, 24), "g2": (2, 48)}  # (n_layers, d_model), N = 23,112 and 86,256
+LR_GRID_RESULT: dict[str, dict[int, float]] = {"g1": {4: 3e-2, 1: 3e-2}, "g2": {4: 1e-2, 1: 1e-2}}
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class Size:
     def tokens(self) -> int:
         return self.max_steps * BATCH * BLOCK
 
+    @property
+    def epochs(self) -> float:
+        """Expected passes over the ladder corpus (> 1: the data repeats)."""
+        return self.tokens / CORPUS_TRAIN_TOKENS
+
 
 def mha_params(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS) -> int:
     cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layers=n_layers, d_model=d_model, n_heads=N_HEADS,
@@ -64,9 +72,8 @@ def _geomean(xs) -> float:
 
 def lr_rule() -> tuple[float, float, float]:
     """(LR_REF, N_REF, LR_EXPONENT) of lr = LR_REF * (N / N_REF) ** -LR_EXPONENT, from LR_GRID_RESULT."""
-    shape = {label: (L, d) for label, L, d in SHAPES}
-    (a, b) = LR_GRID_SIZES
-    n_a, n_b = mha_params(*shape[a]), mha_params(*shape[b])
+    (a, b) = LR_GRID_SHAPES
+    n_a, n_b = mha_params(*LR_GRID_SHAPES[a]), mha_params(*LR_GRID_SHAPES[b])
     lr_a, lr_b = _geomean(LR_GRID_RESULT[a].values()), _geomean(LR_GRID_RESULT[b].values())
     exponent = -math.log(lr_b / lr_a) / math.log(n_b / n_a)
     return lr_a, n_a, exponent
@@ -76,6 +83,20 @@ def grid_edges() -> list[str]:
     """One line per best lr of the grid that sits at a grid edge (the true optimum may lie outside)."""
     return [f"{size} G={G}: best lr {lr:g} is at the edge of the grid {LR_GRID}"
             for size, best in LR_GRID_RESULT.items() for G, lr in best.items() if lr in (min(LR_GRID), max(LR_GRID))]
+
+
+def commands(data_path: str = "CORPUS", extra: str = "") -> list[str]:
+    """The sweeps that run the ladder, cheapest first where it matters: seed 0 of every size (enough for a first
+    fit), then the second seed, then the extra seeds of the cheap sizes (SEEDS). A killed chain loses the least."""
+    base = f"gqa-sweep -m experiment=ladder data.path={data_path}{extra}"
+    by_seed: dict[int, list[str]] = {}
+    for label, n in SEEDS.items():
+        for seed in range(n):
+            by_seed.setdefault(seed, []).append(label)
+    out = []
+    for seed, labels in sorted(by_seed.items()):
+        out.append(f"{base} ladder={','.join(labels)} seed={seed}")
+    return out
 
 
 def sizes(tokens_per_param: float = TOKENS_PER_PARAM) -> list[Size]:
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
               f"lr={s.lr:g} seeds={s.seeds}")
     for line in grid_edges():
         print("flag:", line)
+    print("\n".join(commands()))
 
 
 if __name__ == "__main__":

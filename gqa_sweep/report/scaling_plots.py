@@ -1,0 +1,69 @@
+"""Plots of `gqa-report --scaling` (matplotlib Figures, no pyplot state): loss vs N per G with the fit's band and
+the held-out point, the gap to MHA vs N on log-log axes, and the fit's residuals."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gqa_sweep.report.plots import _colours, _figure
+from gqa_sweep.scaling.bootstrap import DEFAULT_DRAWS, bootstrap
+from gqa_sweep.scaling.models import fit_model
+from gqa_sweep.scaling.points import Points
+
+
+def scaling_plots(points: Points, model: str, objective: str, draws: int = DEFAULT_DRAWS) -> dict[str, Figure]:
+    sizes = points.sizes
+    held = sizes[-1]
+    train = points.subset(sizes[:-1])
+    mf = fit_model(train, model, objective)
+    boot = bootstrap(mf, draws)
+    full = fit_model(points, model, objective)
+    cells = points.cell_means()
+    keys = points.keys
+    colours = dict(zip(keys, _colours(len(keys))))
+    n_grid = np.logspace(np.log10(points.df["N"].min() / 1.3), np.log10(points.df["N"].max() * 3), 80)
+
+    fig, (ax,) = _figure()
+    for g in keys:
+        c = cells[cells["key"] == g]
+        lo, hi = np.percentile(boot.predict(g, n_grid), [2.5, 97.5], axis=0)
+        ax.fill_between(n_grid, lo, hi, color=colours[g], alpha=0.2, lw=0)
+        ax.plot(n_grid, mf.predict(g, n_grid), color=colours[g], label=f"G={g}")
+        fitted = c[c["size"] != held]
+        ax.plot(fitted["N"], fitted["loss"], "o", color=colours[g], ms=4)
+        out = c[c["size"] == held]
+        ax.plot(out["N"], out["loss"], "*", color=colours[g], ms=11, mec="k", mew=0.6)
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="val loss",
+           title=f"{model}/{objective} fitted on {sizes[0]}..{sizes[-2]}; ★ held-out {held}")
+    ax.legend(fontsize=8)
+    figs = {"scaling_loss_vs_n": fig}
+
+    mha = points.mha_key
+    fig, (ax,) = _figure()
+    for g in keys:
+        if g == mha:
+            continue
+        gap = 100 * (full.predict(g, n_grid) / full.predict(mha, n_grid) - 1)
+        ax.plot(n_grid, np.abs(gap), color=colours[g], label=f"G={g} (fit, all sizes)")
+        c = cells.pivot(index="size", columns="key", values="loss").reindex(sizes)
+        n_at = cells[cells["key"] == g].set_index("size")["N"].reindex(sizes)
+        meas = 100 * (c[g] / c[mha] - 1)
+        ax.plot(n_at, meas.abs(), "o", color=colours[g], ms=4)
+    ax.set(xscale="log", yscale="log", xlabel="non-embedding parameters N", ylabel="|gap vs MHA| (%)",
+           title="Loss gap to MHA vs N (points: measured means)")
+    ax.legend(fontsize=8)
+    figs["scaling_gap_vs_n"] = fig
+
+    fig, (ax,) = _figure()
+    df = points.df
+    r = full.fit.residuals
+    for g in keys:
+        m = (df["key"] == g).to_numpy()
+        ax.plot(df.loc[m, "N"], 100 * r[m], "o", color=colours[g], ms=4, label=f"G={g}")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set(xscale="log", xlabel="non-embedding parameters N", ylabel="log-loss residual (%)",
+           title=f"Residuals of {model}/{objective} fitted on every size")
+    ax.legend(fontsize=8)
+    figs["scaling_residuals"] = fig
+    return figs
