@@ -130,7 +130,7 @@ def best_under_budget(curves: Curves, budget: int, seq_len: int, batch: int, wei
     if shape is not None:
         L, d, H = shape
         members = [(ModelConfig(vocab_size=vocab, block_size=seq_len, n_layers=L, d_model=d, n_heads=H,
-                                n_kv_heads=G, d_head=D_HEAD if d % H or d // H != D_HEAD else d // H), G, H)
+                                n_kv_heads=G, d_head=D_HEAD), G, H)
                    for G in divisors(H)]
     else:
         members = None

@@ -30,12 +30,17 @@ SHAPES = (("s1", 1, 20), ("s2", 1, 32), ("s3", 2, 40), ("s4", 2, 56), ("s5", 3, 
 # More seeds where a run is cheap: the seed sigma of the fit's weights comes mostly from the small sizes.
 SEEDS = {"s1": 3, "s2": 3, "s3": 2, "s4": 2, "s5": 2}
 
-# lr rule: the best lr of a small grid for MHA (G=4) and MQA (G=1) at two shapes (experiment=ladder with
-# sweep=ladder_lr, measured on the 2-core AMD EPYC, 2026-12-02): LR_REF is the geometric mean of the two G's best
-# lr at the smaller shape, LR_EXPONENT the slope of log(best lr) vs log N between the two shapes.
-LR_GRID = (3e-3, 1e-2, 3e-2, 1e-1)
-LR_GRID_SHAPES = {"g1": (1, 24), "g2": (2, 48)}  # (n_layers, d_model), N = 23,112 and 86,256
-LR_GRID_RESULT: dict[str, dict[int, float]] = {"g1": {4: 3e-2, 1: 3e-2}, "g2": {4: 1e-2, 1: 1e-2}}
+# lr rule: lr = LR_REF * (N / N_REF) ** -LR_EXPONENT, the least-squares line of log(best lr) on log N, where the
+# best lr of a (shape, G) is the vertex of the parabola through its val losses at the lowest grid lr and its two
+# neighbours (in log lr; a grid-edge minimum is kept at the edge and flagged). Grid: MQA (G=1) and MHA (G=4) at s1 and s3, seed 0,
+# sweep=ladder_lr, measured on the 2-core AMD EPYC, 2026-12-02 (val loss after the full s1 / s3 budget).
+LR_GRID_SHAPES = {"s1": (1, 20), "s3": (2, 40)}  # (n_layers, d_model)
+LR_GRID_LOSS: dict[tuple[str, int], dict[float, float]] = {
+    ("s1", 1): {3e-3: 4.4754, 1e-2: 3.9886, 3e-2: 3.8953, 1e-1: 4.4452},  # 1e-1 added: 3e-2 was the edge
+    ("s1", 4): {3e-3: 4.4908, 1e-2: 3.9821, 3e-2: 4.2019, 1e-1: 4.3272},
+    ("s3", 1): {3e-3: 3.3939, 1e-2: 3.3094, 3e-2: 3.4834},
+    ("s3", 4): {3e-3: 3.3743, 1e-2: 3.2520, 3e-2: 3.4483},
+}
 
 
 @dataclass(frozen=True)
@@ -65,37 +70,45 @@ def mha_params(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS) -> int:
     return non_embedding_params(cfg)
 
 
-def _geomean(xs) -> float:
-    xs = list(xs)
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+def best_lr(losses: dict[float, float]) -> tuple[float, bool]:
+    """(vertex of the parabola in log lr through the lowest loss and its two neighbours, whether that lowest
+    loss sits at an edge of the grid, in which case the edge lr is returned)."""
+    lrs = sorted(losses)
+    i = min(range(len(lrs)), key=lambda j: losses[lrs[j]])
+    if i in (0, len(lrs) - 1):
+        return lrs[i], True
+    (x0, x1, x2), (y0, y1, y2) = (math.log(lr) for lr in lrs[i - 1 : i + 2]), (losses[lr] for lr in lrs[i - 1 : i + 2])
+    num = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    den = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    return math.exp(x1 - 0.5 * num / den), False
 
 
 def lr_rule() -> tuple[float, float, float]:
-    """(LR_REF, N_REF, LR_EXPONENT) of lr = LR_REF * (N / N_REF) ** -LR_EXPONENT, from LR_GRID_RESULT."""
-    (a, b) = LR_GRID_SHAPES
-    n_a, n_b = mha_params(*LR_GRID_SHAPES[a]), mha_params(*LR_GRID_SHAPES[b])
-    lr_a, lr_b = _geomean(LR_GRID_RESULT[a].values()), _geomean(LR_GRID_RESULT[b].values())
-    exponent = -math.log(lr_b / lr_a) / math.log(n_b / n_a)
-    return lr_a, n_a, exponent
+    """(LR_REF, N_REF, LR_EXPONENT) of lr = LR_REF * (N / N_REF) ** -LR_EXPONENT, fitted to the grid's best lrs."""
+    pts = [(math.log(mha_params(*LR_GRID_SHAPES[size])), math.log(best_lr(loss)[0]))
+           for (size, _), loss in LR_GRID_LOSS.items()]
+    mx, my = sum(x for x, _ in pts) / len(pts), sum(y for _, y in pts) / len(pts)
+    slope = sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts)
+    return math.exp(my), math.exp(mx), -slope
 
 
 def grid_edges() -> list[str]:
-    """One line per best lr of the grid that sits at a grid edge (the true optimum may lie outside)."""
-    return [f"{size} G={G}: best lr {lr:g} is at the edge of the grid {LR_GRID}"
-            for size, best in LR_GRID_RESULT.items() for G, lr in best.items() if lr in (min(LR_GRID), max(LR_GRID))]
+    """One line per (size, G) of the grid whose best lr sits at a grid edge (the optimum may lie outside)."""
+    return [f"{size} G={G}: best lr {best_lr(loss)[0]:g} is at the edge of the grid {sorted(loss)}"
+            for (size, G), loss in LR_GRID_LOSS.items() if best_lr(loss)[1]]
 
 
 def commands(data_path: str = "CORPUS", extra: str = "") -> list[str]:
-    """The sweeps that run the ladder, cheapest first where it matters: seed 0 of every size (enough for a first
-    fit), then the second seed, then the extra seeds of the cheap sizes (SEEDS). A killed chain loses the least."""
+    """The sweeps that run the ladder, in the order that loses least if the chain is cut short: seed 0 of every
+    size (a first fit), the further seeds of the smaller sizes (the seed sigma), the largest size's last."""
     base = f"gqa-sweep -m experiment=ladder data.path={data_path}{extra}"
-    by_seed: dict[int, list[str]] = {}
-    for label, n in SEEDS.items():
-        for seed in range(n):
-            by_seed.setdefault(seed, []).append(label)
-    out = []
-    for seed, labels in sorted(by_seed.items()):
-        out.append(f"{base} ladder={','.join(labels)} seed={seed}")
+    largest = SHAPES[-1][0]
+    out = [f"{base} ladder={','.join(label for label, _, _ in SHAPES)} seed=0"]
+    for seed in range(1, max(SEEDS.values())):
+        labels = [label for label, _, _ in SHAPES if label != largest and SEEDS[label] > seed]
+        if labels:
+            out.append(f"{base} ladder={','.join(labels)} seed={seed}")
+    out += [f"{base} ladder={largest} seed={seed}" for seed in range(1, SEEDS[largest])]
     return out
 
 

@@ -106,7 +106,8 @@ def answer_loss(curves, args) -> list[str]:
     for row in ans.table:
         vs = (f", Z / Z(G=H/4) = {row['vs_H/4']:.3f} [{row['vs_H/4_lo']:.3f}, {row['vs_H/4_hi']:.3f}]"
               if "vs_H/4" in row else "")
-        out.append(f"    {_fmt_ratio(row['G/H'])}: N={row['N'] / 1e9:.3g}B (H=L={row['H']:.1f}), Z={row['Z']:.1f} "
+        where = f"L={row['n_layers']:.0f}, H={row['H']:.0f}" if shape else f"family: H=L={row['H']:.1f}"
+        out.append(f"    {_fmt_ratio(row['G/H'])}: N={row['N'] / 1e9:.3g}B ({where}), Z={row['Z']:.1f} "
                    f"[{row['Z_lo']:.1f}, {row['Z_hi']:.1f}]{vs}")
     best = min(ans.table, key=lambda row: row["Z"])
     out.append(f"  -> {_fmt_ratio(best['G/H'])}: Z={ans.loss:.1f} [{ans.interval[0]:.1f}, {ans.interval[1]:.1f}], "
