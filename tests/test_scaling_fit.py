@@ -100,3 +100,13 @@ def test_reproduces_epochs_chinchilla_fit():
     assert p["beta"] == pytest.approx(0.367, abs=0.01)
     assert p["A"] == pytest.approx(478, rel=0.05)
     assert p["B"] == pytest.approx(2144, rel=0.05)
+
+
+def test_seed_resampling_bootstrap_brackets_the_estimate():
+    p = synthetic(E, A, ALPHA, SIZES, 0.01, 3, np.random.default_rng(7))
+    mf = fit_model(p, "M0", "wls")
+    b = bootstrap(mf, draws=200, scheme="seeds", seed=1)
+    lo, hi = b.interval(b.params()["alpha[1]"])
+    assert lo < mf.params()["alpha[1]"][0] < hi
+    with pytest.raises(ValueError, match="choose one of parametric, seeds"):
+        bootstrap(mf, draws=10, scheme="jackknife")

@@ -48,7 +48,9 @@ def test_scaling_report_tables_and_verdict(store, tmp_path, capsys):
     assert row["s"] == pytest.approx(0.7, abs=0.03) and row["s_lo"] < row["s"] < row["s_hi"]
     hold = pd.read_csv(out / "scaling_holdout.csv")
     assert set(hold["model"]) == {"M0", "M1", "M2", "M3"} and (hold["size"] == "ladder-s5").all()
-    assert (hold[hold["model"] == "M0"]["n_seeds"] == 2).all()  # the diverged run is not averaged in
+    m0 = hold[hold["model"] == "M0"]
+    assert (m0["n_seeds"] == 2).all()  # the diverged run is not averaged in
+    assert m0["beats_prev_size"].all() and m0["inside_pi"].all() and (m0["abs_rel_err"] < 0.01).all()
     ext = pd.read_csv(out / "scaling_extrapolation.csv")
     assert sorted(ext["N"].unique()) == [1e8, 1e9, 7e9] and ext["unreliable"].all()
     m0 = ext[(ext["N"] == 1e9) & (ext["G"] == 1)].iloc[0]
