@@ -42,6 +42,7 @@ def test_scaling_report_tables_and_verdict(store, tmp_path, capsys):
                   "Predicted loss gap vs MHA at scale", "CLA 1B: MQA +1.13 %"):
         assert title in text
     assert "Held-out check: M0: every G within 2%" in text
+    assert (out / "scaling_verdict.md").read_text().startswith("Held-out check: M0: every G within 2%")
     fit = pd.read_csv(out / "scaling_fit.csv")
     assert set(fit["G"]) == {1, 2, 4}
     row = fit[fit["G"] == 1].iloc[0]

@@ -56,6 +56,8 @@ def _scaling_report(runs, out: Path, formats, plots: bool, draws: int) -> list[P
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
     print(verdict(tables))
     written = write_tables(tables, out, formats)
+    (out / "scaling_verdict.md").write_text(verdict(tables) + "\n")
+    written.append(out / "scaling_verdict.md")
     if plots:
         from gqa_sweep.report.scaling_plots import scaling_plots
         from gqa_sweep.scaling.points import from_runs

@@ -94,7 +94,8 @@ def answer_budget(curves, args) -> list[str]:
                    f"d={row['d_model']}, N={row['N'] / 1e9:.3g}B, {human_bytes(row['memory_bytes'])}: loss {row['loss']:.4f} "
                    f"[{row['loss_lo']:.4f}, {row['loss_hi']:.4f}]")
     out.append(f"  -> G={ans.G} of H={ans.H} (N={ans.n_params / 1e9:.3g}B): loss {ans.loss:.4f} "
-               f"[{ans.interval[0]:.4f}, {ans.interval[1]:.4f}], P(best) = {ans.p_best:.2f}")
+               f"[{ans.interval[0]:.4f}, {ans.interval[1]:.4f}], P(best) = {ans.p_best:.2f}"
+               + (" (the only trained G/H that fits)" if len(ans.table) == 1 else ""))
     return out
 
 
