@@ -2,6 +2,7 @@
 
     gqa-report RESULTS_DIR [--sweep NAME] [--format md|latex|csv|all] [--out DIR] [--plots]
     gqa-report --wandb ENTITY/PROJECT [...]
+    gqa-report RESULTS_DIR --scaling [--sweep ladder] [--draws 1000] [--plots]   scaling laws per G (ladder)
 """
 
 from __future__ import annotations
@@ -36,7 +37,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output directory (default: RESULTS_DIR/report)")
     p.add_argument("--plots", action="store_true", help="also write PNG + SVG plots")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from a wandb project instead")
+    p.add_argument("--scaling", action="store_true",
+                   help="scaling laws per G from a size ladder (experiment=ladder; default --sweep ladder): fit, "
+                        "held-out largest size, extrapolation to 100M/1B/7B")
+    p.add_argument("--draws", type=int, default=1000, help="bootstrap refits for --scaling intervals (default 1000)")
     return p
+
+
+def _scaling_report(runs, out: Path, formats, plots: bool, draws: int) -> list[Path]:
+    from gqa_sweep.report.scaling import scaling_tables, verdict
+
+    if draws < 1:
+        raise ReportError(f"--draws {draws}: give a positive number of bootstrap refits, e.g. --draws 1000")
+    try:
+        tables = scaling_tables(runs, draws)
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    print("\n".join(to_markdown(name, t) for name, t in tables.items()))
+    print(verdict(tables))
+    written = write_tables(tables, out, formats)
+    (out / "scaling_verdict.md").write_text(verdict(tables) + "\n")
+    written.append(out / "scaling_verdict.md")
+    if plots:
+        from gqa_sweep.report.scaling_plots import scaling_plots
+        from gqa_sweep.scaling.points import from_runs
+
+        fit = tables["scaling_fit"].iloc[0]
+        written += write_plots(scaling_plots(from_runs(runs), fit["model"], fit["objective"], draws), out)
+    return written
 
 
 def _report(args: argparse.Namespace) -> list[Path]:
@@ -44,14 +72,18 @@ def _report(args: argparse.Namespace) -> list[Path]:
         all_runs, where, history = load_wandb(args.wandb), f"wandb project {args.wandb}", None
     else:
         all_runs, where = load_results(args.results_dir), f"{args.results_dir.rstrip('/')}/"
+    if args.scaling and args.sweep is None and "ladder" in set(all_runs.sweep.dropna().astype(str)):
+        args.sweep = "ladder"  # the lr grid (sweep ladder_lr) shares the store but is not part of the ladder
     runs = select_sweep(all_runs, args.sweep, where)
     sweeps = sorted(runs.sweep.dropna().astype(str).unique())
     if len(sweeps) > 1:
         print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
               file=sys.stderr)
+    out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
+    if args.scaling:
+        return _scaling_report(runs, out, FORMATS if args.format == "all" else [args.format], args.plots, args.draws)
     tables = build_tables(runs, all_runs)
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
-    out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
     written = write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
     if args.plots and "ablation" in tables:
         if not args.wandb:

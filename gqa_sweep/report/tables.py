@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.report import fair, layouts, recall, stability, variants
+from gqa_sweep.report import fair, layouts, recall, scaling, stability, variants
 from gqa_sweep.report.cells import (
     _counts,
     _ppl_stats,
@@ -313,7 +313,7 @@ DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-for _module in (recall, fair, layouts, variants):
+for _module in (recall, fair, layouts, variants, scaling):  # scaling: built only by `gqa-report --scaling`
     TITLES.update(_module.TITLES)
     NOTES.update(_module.NOTES)
     DISPLAY.update(_module.DISPLAY)
