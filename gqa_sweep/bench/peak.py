@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gqa_sweep.metrics import device_name, native_bf16
+from gqa_sweep.metrics import device_name
+from gqa_sweep.precision import native_bf16
 from gqa_sweep.peak import cache_file, cpu_info, measure_peak, peak_of
 
 
