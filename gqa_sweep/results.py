@@ -100,12 +100,13 @@ RUN_COLUMNS: dict[str, str] = {
     # The peak FLOP/s `mfu` is taken against, and its source: datasheet (known GPUs) or measured (peak.py).
     "peak_flops": "REAL",
     "peak_source": "TEXT",
-    "peak_measured_at": "TEXT",
+    "peak_measured_at": "TEXT",  # when the peak was measured (ISO time); empty for a datasheet figure
     # The attention type (model.attention: gqa | gta | mla); MLA has no G, its n_kv_heads is H (docs/metrics.md).
     "attention": "TEXT",
     # Tokens in the train split and passes over it (tokens_seen / data_train_tokens; > 1: the data repeated).
     "data_train_tokens": "INTEGER",
-    "epochs": "REAL",  # when the peak was measured (ISO time); empty for a datasheet figure
+    "epochs": "REAL",
+    "tokens_per_param": "REAL",  # tokens_seen / n_params_non_embedding (Chinchilla's D / N)
     # Throughput that means one thing: train_tokens_per_s counts tokens with a loss target (MQAR: its
     # queries); this counts every position processed (docs/metrics.md).
     "train_tokens_processed_per_s": "REAL",

@@ -232,7 +232,7 @@ def test_max_logit_matches_the_expanded_scores(kw) -> None:
 # --- parameter matching ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kw", SHAPES + [{"attention": "gta", "n_kv_heads": [2, 1]}], ids=IDS + ["gta-per-layer"])
+@pytest.mark.parametrize("kw", [*SHAPES, {"attention": "gta", "n_kv_heads": [2, 1]}], ids=[*IDS, "gta-per-layer"])
 def test_non_embedding_params_formula_and_ffn_matching(kw) -> None:
     cfg = cfg_of(**kw)
     assert non_embedding_params(cfg) == DecoderLM(cfg).num_params(non_embedding=True)

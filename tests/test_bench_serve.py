@@ -31,7 +31,7 @@ def test_serve_table_and_plot(serve):
     df, md, out = serve
     assert sorted(df.G.unique()) == divisors(4)
     assert_finite_positive(df.drop(columns=["kind"]))
-    for G, t in df.groupby("G"):
+    for _G, t in df.groupby("G"):
         assert t.batch.tolist() == batches(int(t.max_batch.iloc[0]))
         assert (t.used_GB <= t.memory_bytes / 1e9).all()
     assert df.tokens_per_s.tolist() == pytest.approx((df.batch / (df.ms_per_token / 1e3)).tolist(), rel=1e-9)

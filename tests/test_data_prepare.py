@@ -130,7 +130,7 @@ def test_gqa_prepare_cli_then_cache_hit_and_bad_input(tmp_path):
     assert r1["dir"].startswith(str(tmp_path / "res" / "cache")) and not r1["cache_hit"] and r1["documents"] == 30
     second = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
     assert second["cache_hit"] and second["dir"] == r1["dir"]
-    bad = subprocess.run(cmd[:4] + [f"data.path={tmp_path / 'missing'}"], env=env, capture_output=True, text=True,
+    bad = subprocess.run([*cmd[:4], f"data.path={tmp_path / 'missing'}"], env=env, capture_output=True, text=True,
                          check=False)
     assert bad.returncode == 2
     assert bad.stderr.strip() == (f"gqa-prepare: data.path={tmp_path / 'missing'} does not exist; pass an existing "

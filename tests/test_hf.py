@@ -13,11 +13,11 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from gqa_sweep.checkpoint import save_model  # noqa: E402
-from gqa_sweep.hf import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf  # noqa: E402
-from gqa_sweep.model import DecoderLM, ModelConfig  # noqa: E402
+from gqa_sweep.checkpoint import save_model
+from gqa_sweep.hf import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf
+from gqa_sweep.model import DecoderLM, ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 

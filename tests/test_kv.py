@@ -6,8 +6,8 @@ import io
 import shutil
 import subprocess
 
-import pytest
 import pandas as pd
+import pytest
 import torch
 
 from gqa_sweep.kv import (

@@ -115,7 +115,7 @@ def test_batches_single_segment_and_seeded(tmp_path):
         assert x.shape == y.shape and ((y != IGNORE).sum(1) == {32: 4, 64: 8}[x.shape[1]]).all()
     val = list(dm_(tmp_path, **SEGS).val_dataloader())
     assert sum(len(x) for x, _, _ in val) == 3 * 40
-    for x, y, seg in val:  # a batch never mixes segments, and knows its segment
+    for x, _, seg in val:  # a batch never mixes segments, and knows its segment
         assert len(set(seg.tolist())) == 1 and x.shape[1] == [32, 64, 64][int(seg[0])]
 
 

@@ -93,6 +93,7 @@ def finished_row(base: dict, summary: dict, measured: dict, val_loss: float, mod
         tokens_seen=tokens_seen,
         # Passes over the train split: a ladder's largest size should not repeat its data more than a few times.
         epochs=tokens_seen / base["data_train_tokens"] if base.get("data_train_tokens") else None,
+        tokens_per_param=tokens_seen / base["n_params_non_embedding"],  # a ladder trains each size at ~20
         wall_s=clock.wall_s(),
         finished_at=now_iso(),
     )

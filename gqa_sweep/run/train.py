@@ -99,6 +99,9 @@ def record_run(plan: RunPlan, row: dict, metrics, module, run_dir: Path) -> None
         log.warning("%s was contended (CPU util %.0f %%, load %.1f-%.1f on %d cores): its throughput is not "
                     "comparable; rerun it on a quiet machine with force=true", plan.name, 100 * row["cpu_util"],
                     row["load_start"], row["load_end"], os.cpu_count() or 1)
+    if (row.get("epochs") or 0) > 1:
+        log.warning("%s read its train split %.1f times (tokens_seen / data_train_tokens): the data repeated; "
+                    "a larger corpus or fewer steps keeps every token new", plan.name, row["epochs"])
     eta = eta_line(plan.store)
     if eta:
         log.info("%s", eta)
