@@ -44,7 +44,9 @@ NOTES = {
     "scaling_fit": (
         "N: non-embedding parameters (the LM head included). Intervals: 2.5-97.5 percentiles of the bootstrap "
         "refits (parametric: each run redrawn at its size's seed σ, σ itself redrawn from its χ² spread). "
-        "s_G = (A_MHA / A_G)^(1/α): G acts as s_G times the parameters of MHA (< 1: costs quality)."
+        "s_G = (A_MHA / A_G)^(1/α): G acts as s_G times the parameters of MHA (< 1: costs quality). "
+        "⚠ at bound: the estimate sits on the optimiser's bound (E = e^-10 ≈ 0: the sizes show no curvature, so the "
+        "data bound E from above only, and α and A trade against it; Choshen et al.: A and α are strongly coupled)."
     ),
     "scaling_holdout": (
         "Fit on every size but the largest, predict it. measured: mean over its seeds. 95 % PI: bootstrap curve "
@@ -89,7 +91,8 @@ def _fit_table(mf, boot) -> pd.DataFrame:
     point, draws = mf.params(), boot.params()
     rows = []
     for g in mf.points.keys:
-        row = {"model": mf.model, "objective": mf.objective, "G": g}
+        row = {"model": mf.model, "objective": mf.objective, "G": g,
+               "E_at_bound": mf.at_bound("e", g), "alpha_at_bound": mf.at_bound("alpha", g)}
         for p in ("E", "A", "alpha", "s"):
             name = f"{p}[{g}]"
             if name in point:
@@ -136,7 +139,8 @@ def display_fit(t: pd.DataFrame) -> pd.DataFrame:
     out = {"model": t["model"] + " / " + t["objective"], "G": t["G"]}
     for p, label in (("E", "E"), ("A", "A_G"), ("alpha", "α_G"), ("s", "s_G")):
         if p in t:
-            out[label] = [_pm(r[p], r[f"{p}_lo"], r[f"{p}_hi"]) for _, r in t.iterrows()]
+            out[label] = [_pm(r[p], r[f"{p}_lo"], r[f"{p}_hi"]) + (" ⚠ at bound" if r.get(f"{p}_at_bound") else "")
+                          for _, r in t.iterrows()]
     return pd.DataFrame(out)
 
 

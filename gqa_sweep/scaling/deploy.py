@@ -124,13 +124,13 @@ def _p_best(values: dict, chosen) -> float:
 
 def best_under_budget(curves: Curves, budget: int, seq_len: int, batch: int, weight_dtype: str = "bf16",
                       kv_dtype: str = "bf16", vocab: int = 32000, max_k: int = 128,
-                      shape: tuple[int, int, int] | None = None) -> Answer:
+                      shape: tuple[int, int, int] | None = None, d_head: int = D_HEAD) -> Answer:
     """(a). shape = (n_layers, d_model, n_heads) fixes the model and compares its G; else the family."""
     rows, losses = [], {}
     if shape is not None:
         L, d, H = shape
         members = [(ModelConfig(vocab_size=vocab, block_size=seq_len, n_layers=L, d_model=d, n_heads=H,
-                                n_kv_heads=G, d_head=D_HEAD), G, H)
+                                n_kv_heads=G, d_head=d_head), G, H)
                    for G in divisors(H)]
     else:
         members = None
@@ -164,8 +164,9 @@ def best_under_budget(curves: Curves, budget: int, seq_len: int, batch: int, wei
 
 
 def cheapest_at_loss(curves: Curves, target: float, seq_len: int, vocab: int = 32000,
-                     shape: tuple[int, int] | None = None) -> Answer:
-    """(b). shape = (n_layers, n_heads) fixes the attention shape (N still follows the curve); else the family."""
+                     shape: tuple[int, int] | None = None, d_head: int = D_HEAD) -> Answer:
+    """(b). shape = (n_layers, n_heads) fixes the attention shape (with d_head; N still follows the curve); else
+    the Llama-like family (d_head 128)."""
     rows, costs, flags = [], {}, []
     for r in curves.ratios:
         lo, hi = curves.e_interval(r)
@@ -182,7 +183,7 @@ def cheapest_at_loss(curves: Curves, target: float, seq_len: int, vocab: int = 3
             if (r * H).denominator != 1:
                 flags.append(f"G/H = {r}: n_heads={H} has no G with that fraction, left out")
                 continue
-        z = cost_z(n, seq_len, L, H, H * float(r))
+        z = cost_z(n, seq_len, L, H, H * float(r), d_head if shape is not None else D_HEAD)
         costs[r] = z
         rows.append({"G/H": str(r), "N": float(n[0]), "Z": float(z[0]),
                      "Z_lo": float(np.nanpercentile(z[1:], 2.5)) if len(z) > 1 else float(z[0]),

@@ -40,6 +40,13 @@ class ModelFit:
         out = predict_group(self.law, th, key, np.atleast_1d(n))
         return out[0] if theta is None else out
 
+    def at_bound(self, kind: str, key) -> bool:
+        """Whether the point estimate of `kind` (e, a, alpha) for curve `key` sits on its L-BFGS-B bound (E -> 0
+        when the sizes show no curvature: E is then not identified by the data, only bounded)."""
+        lo, hi = fitting.BOUNDS[kind]
+        v = float(per_group(self.law, self.theta, kind, key)[0])
+        return v <= lo + 1e-6 or v >= hi - 1e-6
+
     def params(self, theta: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """E, A, alpha per key and s_G (M0 form: (A_MHA / A_G)^(1/alpha)), each (B,)."""
         th = np.atleast_2d(self.theta if theta is None else theta)

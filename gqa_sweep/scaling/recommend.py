@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=32000, help="target vocabulary (its LM head is part of N)")
     p.add_argument("--layers", type=int, help="explicit shape instead of the Llama-like family: n_layers")
     p.add_argument("--d-model", type=int, help="explicit shape: d_model (with --layers and --heads)")
-    p.add_argument("--heads", type=int, help="explicit shape: query heads H (d_head 128)")
+    p.add_argument("--heads", type=int, help="explicit shape: query heads H")
+    p.add_argument("--head-dim", type=int, default=128, help="explicit shape: d_head (default 128)")
     p.add_argument("--kv-heads", type=int, help="also check this G: refused if its G/H was not trained")
     p.add_argument("--model", default="auto", choices=["auto", *MODELS], help="scaling model (auto: held-out winner)")
     p.add_argument("--objective", default="wls", choices=["wls", "huber"])
@@ -78,14 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _n(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
 def _fmt_ratio(r: str) -> str:
     return f"G/H={r}"
 
 
-def answer_budget(curves, args) -> list[str]:
+def answer_budget(curves, args, answers: list) -> list[str]:
     shape = (args.layers, args.d_model, args.heads) if args.layers else None
     ans = deploy.best_under_budget(curves, parse_bytes(args.memory), args.context, args.batch, args.weight_dtype,
-                                   args.kv_dtype, args.vocab, shape=shape)
+                                   args.kv_dtype, args.vocab, shape=shape, d_head=args.head_dim)
+    answers.append(ans)
     head = (f"(a) lowest predicted loss within {args.memory} (weights {args.weight_dtype} + KV {args.kv_dtype} at "
             f"T={args.context:,}, batch {args.batch}):")
     out = [head]
@@ -93,22 +102,23 @@ def answer_budget(curves, args) -> list[str]:
         out.append(f"    {_fmt_ratio(row['G/H'])}: G={row['G']} of H={row['H']}, L={row['n_layers']}, "
                    f"d={row['d_model']}, N={row['N'] / 1e9:.3g}B, {human_bytes(row['memory_bytes'])}: loss {row['loss']:.4f} "
                    f"[{row['loss_lo']:.4f}, {row['loss_hi']:.4f}]")
-    out.append(f"  -> G={ans.G} of H={ans.H} (N={ans.n_params / 1e9:.3g}B): loss {ans.loss:.4f} "
+    out.append(f"  -> G={ans.G} of H={ans.H} (N={_n(ans.n_params)}): loss {ans.loss:.4f} "
                f"[{ans.interval[0]:.4f}, {ans.interval[1]:.4f}], P(best) = {ans.p_best:.2f}"
                + (" (the only trained G/H that fits)" if len(ans.table) == 1 else ""))
     return out
 
 
-def answer_loss(curves, args) -> list[str]:
+def answer_loss(curves, args, answers: list) -> list[str]:
     shape = (args.layers, args.heads) if args.layers else None
-    ans = deploy.cheapest_at_loss(curves, args.loss, args.context, args.vocab, shape=shape)
+    ans = deploy.cheapest_at_loss(curves, args.loss, args.context, args.vocab, shape=shape, d_head=args.head_dim)
+    answers.append(ans)
     out = [f"(b) lowest Cost-Optimal Z = 0.9 M^1/2 + 0.1 C^1/3 at loss {args.loss:g}, T={args.context:,}:"]
     out += [f"    flag: {f}" for f in ans.flags]
     for row in ans.table:
         vs = (f", Z / Z(G=H/4) = {row['vs_H/4']:.3f} [{row['vs_H/4_lo']:.3f}, {row['vs_H/4_hi']:.3f}]"
               if "vs_H/4" in row else "")
         where = f"L={row['n_layers']:.0f}, H={row['H']:.0f}" if shape else f"family: H=L={row['H']:.1f}"
-        out.append(f"    {_fmt_ratio(row['G/H'])}: N={row['N'] / 1e9:.3g}B ({where}), Z={row['Z']:.1f} "
+        out.append(f"    {_fmt_ratio(row['G/H'])}: N={_n(row['N'])} ({where}), Z={row['Z']:.1f} "
                    f"[{row['Z_lo']:.1f}, {row['Z_hi']:.1f}]{vs}")
     best = min(ans.table, key=lambda row: row["Z"])
     out.append(f"  -> {_fmt_ratio(best['G/H'])}: Z={ans.loss:.1f} [{ans.interval[0]:.1f}, {ans.interval[1]:.1f}], "
@@ -133,18 +143,20 @@ def main(argv: list[str] | None = None) -> int:
             why = deploy.check_ratio(curves, args.kv_heads, args.heads or 32)
             if why:
                 raise ValueError(why)
-        lines = []
+        lines, answers = [], []
         if args.memory:
-            lines += answer_budget(curves, args)
+            lines += answer_budget(curves, args, answers)
         if args.loss is not None:
-            lines += answer_loss(curves, args)
+            lines += answer_loss(curves, args, answers)
     except ValueError as e:
         print(f"gqa-recommend: error: {e}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     n_max = mf.points.df["N"].max()
-    print(f"note: every target here is far beyond the largest trained N ({n_max:,.0f}); these are extrapolations "
-          "of the fit (see gqa-report --scaling), not measurements")
+    k = max(row["N"] for a in answers for row in a.table) / n_max
+    if k > 1:
+        print(f"note: up to {k:,.1f}x beyond the largest trained N ({n_max:,.0f}): an extrapolation of the fit"
+              + (", past the 10x that gqa-report --scaling flags as unreliable" if k > 10 else ""))
     return 0
 
 
