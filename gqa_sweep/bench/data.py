@@ -215,15 +215,14 @@ dm.setup()
 it = iter(dm.train_dataloader())
 x, y = next(it)
 first = time.perf_counter() - t_setup
-me = psutil.Process()
 def mem():
-    m = me.memory_full_info()
-    return m.rss, getattr(m, "uss", m.rss)
-rss0, _ = mem()
+    f = dict(l.split(":", 1) for l in open("/proc/self/status") if l.startswith(("VmRSS", "RssAnon", "RssFile")))
+    return [int(f[k].split()[0]) * 1024 for k in ("VmRSS", "RssAnon", "RssFile")]
+rss0, anon0, file0 = mem()
 times = []
 for _ in range(999):
     t = time.perf_counter(); next(it); times.append(time.perf_counter() - t)
-rss1, _ = mem()
+rss1, anon1, file1 = mem()
 from gqa_sweep.model import DecoderLM, ModelConfig
 torch.manual_seed(0)
 m = DecoderLM(ModelConfig(vocab_size=32768, block_size=256, n_layers=2, d_model=128, n_heads=4, n_kv_heads=2))
@@ -240,7 +239,9 @@ times.sort()
 print(json.dumps({"tokens": dm.train_tokens + dm.val_tokens, "import_s": round(t_setup - t0, 2),
                   "first_batch_s": round(first, 3), "batch_ms_median": round(times[len(times) // 2] * 1e3, 3),
                   "batch_ms_p99": round(times[int(len(times) * 0.99)] * 1e3, 3),
-                  "rss_growth_1000_steps_MB": round((rss1 - rss0) / 1e6, 1), "rss_MB": round(rss1 / 1e6),
+                  "rss_growth_1000_steps_MB": round((rss1 - rss0) / 1e6, 1),
+                  "anon_growth_MB": round((anon1 - anon0) / 1e6, 1), "file_mapped_growth_MB": round((file1 - file0) / 1e6, 1),
+                  "rss_MB": round(rss1 / 1e6),
                   "train_step_ms": round(step * 1e3, 1),
                   "batch_share_of_step": round(times[len(times) // 2] / step, 5)}))
 """

@@ -17,6 +17,7 @@ Foreign formats, read without conversion:
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,12 @@ class ShardInfo:
     def open(self) -> np.memmap:
         if self.n_tokens == 0:
             return np.zeros(0, self.dtype)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.n_tokens,))
+        m = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(self.n_tokens,))
+        # Windows are read at random: no readahead (and, on Linux >= 6.4, no fault-around), so a window of 2 KB
+        # reads and maps a page or two, not 128 KB around it.
+        if hasattr(mmap, "MADV_RANDOM") and getattr(m, "_mmap", None) is not None:
+            m._mmap.madvise(mmap.MADV_RANDOM)
+        return m
 
 
 def _truncated(path: Path, size: int, want: int) -> DataError:
