@@ -39,7 +39,7 @@ def test_help_template_lists_every_experiment_with_a_description():
 
 
 def test_help_group_choices_exist_and_tokenizers_are_the_accepted_ones():
-    from gqa_sweep.data.module import TOKENIZERS
+    from gqa_sweep.data.tokenizers import BUILTIN as TOKENIZERS
 
     template = OmegaConf.load(ROOT / "conf" / "config.yaml").hydra.help.template
     overrides = template.split("Main overrides", 1)[1].split("\n\n", 1)[0]

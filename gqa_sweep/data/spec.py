@@ -153,7 +153,7 @@ def _check_hf(d: dict, deep: bool) -> None:
         from gqa_sweep.data.hf import _hub_reachable, hf_cached
 
         if not hf_cached(d["name"]) and not _hub_reachable():
-            raise DataError(f"hf:{d['name']} is not in the local HF cache and the Hugging Face Hub cannot be "
+            raise DataError(f"hf:{d['name']} is not in the local HF cache and the Hugging Face Hub could not be "
                             f"reached; download it where there is a network (HF_HOME) or {LOCAL_HINT}")
 
 
