@@ -28,7 +28,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DecoderLM, 
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass a model.pt or a Lightning .ckpt file")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as e:
         raise CheckpointError(f"{str(path)!r} is not a PyTorch checkpoint ({e.__class__.__name__}: {e})") from e
     if isinstance(obj, dict) and "model_config" in obj and "state_dict" in obj:
         cfg, state, meta = obj["model_config"], obj["state_dict"], obj.get("meta", {})

@@ -121,7 +121,9 @@ class ModelConfig:
         if self.rope_dim is None:
             self.rope_dim = D // 2
         if self.rope_dim % 2:
-            raise ValueError(f"rope_dim={self.rope_dim} must be even (RoPE rotates pairs of dims); e.g. rope_dim={D // 2}")
+            raise ValueError(
+                f"rope_dim={self.rope_dim} must be even (RoPE rotates pairs of dims); e.g. rope_dim={D // 2}"
+            )
         if a == "gta" and self.rope_dim >= D:
             raise ValueError(f"rope_dim={self.rope_dim} must be below d_head={D} for GTA (K = the tied state's first "
                              f"d_head - rope_dim dims + the RoPE key); e.g. rope_dim={D // 2}")  # fmt: skip
@@ -203,8 +205,9 @@ def non_embedding_params(cfg: ModelConfig) -> int:
 
 def matched_d_ff(cfg: ModelConfig) -> int:
     """The d_ff giving `cfg` the non-embedding parameter count of its G=H (MHA) twin, as Llama 2 and Shazeer
-    widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded to a multiple of 32 when that lands within 0.25 % of the target,
-    else of 8, else to the nearest integer (then within 3 * d_model * n_layers / 2 parameters)."""
+    widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded
+    to a multiple of 32 when that lands within 0.25 % of the target, else of 8, else to the nearest integer
+    (then within 3 * d_model * n_layers / 2 parameters)."""
     mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads, "attention": "gqa",
                                               **dict.fromkeys(MLA_KNOBS)}))  # fmt: skip
     per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff

@@ -224,7 +224,9 @@ def _model_config_from_deepseek(c) -> ModelConfig:
 def from_hf(llama_model: PreTrainedModel) -> DecoderLM:
     """A DecoderLM (eval mode, same device and dtype) with the weights of an HF `Llama/Qwen3ForCausalLM`."""
     if not hasattr(llama_model, "lm_head") or not hasattr(llama_model, "config"):
-        raise ValueError(f"expected a transformers LlamaForCausalLM or Qwen3ForCausalLM, got {type(llama_model).__name__}")
+        raise ValueError(
+            f"expected a transformers LlamaForCausalLM or Qwen3ForCausalLM, got {type(llama_model).__name__}"
+        )
     cfg = model_config_from_hf(llama_model.config)
     state = llama_model.state_dict()
     p = llama_model.get_input_embeddings().weight

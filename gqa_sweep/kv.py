@@ -346,7 +346,8 @@ def _memory_notes(df: pd.DataFrame, memory_bytes: int, weights_bytes: int, seq: 
     notes = [f"max batch: largest batch at seq {seq} whose KV cache + weights ({human_bytes(weights_bytes)}) "
              f"fit in {human_bytes(memory_bytes)}"]
     if weights_bytes >= memory_bytes:
-        notes.append(f"note: the weights alone ({human_bytes(weights_bytes)}) do not fit in {human_bytes(memory_bytes)}: "
+        notes.append(f"note: the weights alone ({human_bytes(weights_bytes)}) do not fit in "
+                     f"{human_bytes(memory_bytes)}: "
                      f"max batch is 0 for every G; raise --memory, or use a smaller --dtype or --weights-bytes")
     elif (df["max_batch"] == 0).any():
         notes.append("note: max batch 0 means not even one sequence fits next to the weights")

@@ -27,7 +27,8 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
 
 
 def z_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """PaLM's z-loss: mean over labelled tokens of log(Z)^2, Z the softmax normaliser (-100 labels skipped, as in CE)."""
+    """PaLM's z-loss: mean over labelled tokens of log(Z)^2, Z the softmax normaliser (-100 labels skipped, as in
+    CE)."""
     return logits[y != IGNORE].logsumexp(-1).pow(2).mean()
 
 

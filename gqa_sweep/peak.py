@@ -17,6 +17,7 @@ says so. Sources: datasheet | measured | measured-busy | measured-corrected | me
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -91,10 +92,8 @@ def cpu_info(text: str | None = None) -> dict:
             info.update(model_name=kv.get("model name", ""), family=kv.get("cpu family", ""),
                         model=kv.get("model", ""), stepping=kv.get("stepping", ""), vendor=kv.get("vendor_id", ""),
                         flags=sorted(set(kv.get("flags", "").split()) & set(PEAK_FLAGS)))  # fmt: skip
-            try:
+            with contextlib.suppress(ValueError):
                 info["mhz"] = float(kv.get("cpu MHz", "nan"))
-            except ValueError:
-                pass
     info["cores"] = len(cores) or (os.cpu_count() or 1)
     return info
 

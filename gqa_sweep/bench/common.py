@@ -217,7 +217,8 @@ def profile_table(fns: dict, device: torch.device, row_limit: int = 15) -> str:
             fn()
             synchronize(device)
         parts.append(f"## {name}\n\n{prof.key_averages().table(sort_by=sort, row_limit=row_limit)}")
-        parts.append(f"### {name}: self time by op class\n\n{op_classes(prof.key_averages()).to_markdown(index=False)}\n")
+        classes = op_classes(prof.key_averages()).to_markdown(index=False)
+        parts.append(f"### {name}: self time by op class\n\n{classes}\n")
     return "\n".join(parts)
 
 

@@ -1,4 +1,4 @@
-"""Data: sources (embedded, local text, Hugging Face, token files) -> tokenizers -> token shards -> LightningDataModules.
+"""Data: sources (embedded, local text, Hugging Face, token files) -> tokenizers -> token shards -> data modules.
 
 Importing the package is light (no torch, no lightning): `gqa_sweep.data.spec.check_data` runs before torch loads.
 The data modules are imported on first use.

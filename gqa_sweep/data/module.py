@@ -66,7 +66,8 @@ class CorpusDataModule(L.LightningDataModule):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        self.cfg = {k: v for k, v in locals().items() if k not in ("self", "seed", "max_steps", "progress", "__class__")}
+        own = ("self", "seed", "max_steps", "progress", "__class__")
+        self.cfg = {k: v for k, v in locals().items() if k not in own}
         check_data({**self.cfg, "max_steps": max_steps})
         self.source, self.path = source, path
         self.block_size, self.batch_size = block_size, batch_size

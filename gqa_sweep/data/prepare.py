@@ -265,7 +265,7 @@ def prefetch(it, depth: int = 2):
             for x in it:
                 q.put(x)
             q.put(end)
-        except BaseException as e:  # noqa: BLE001 (handed to the consumer, raised there)
+        except BaseException as e:
             q.put(e)
 
     threading.Thread(target=run, daemon=True).start()

@@ -236,7 +236,7 @@ def load_tokenizer_file(spec: str) -> HFTokenizer:
     path = tokenizer_file(spec)
     try:
         tok = Tok.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception for bad JSON)
+    except Exception as e:
         raise DataError(f"data.tokenizer={spec}: {path} is not a tokenizers tokenizer.json ({e}); pass a "
                         "tokenizer.json saved by `tokenizers` or `transformers`") from None
     eos, bos = _special_names(path.with_name("tokenizer_config.json"))

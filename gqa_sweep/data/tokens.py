@@ -48,10 +48,7 @@ def open_prepared(out: Path, tokenizer_spec: str | None = None) -> Corpus:
                 raise DataError(f"{info.path} holds {info.n_tokens} tokens, meta.json says {s['tokens']}; "
                                 "delete the directory and prepare again")
         streams[split] = TokenStream(infos)
-    if is_builtin(spec):
-        tok = load_saved(out / "tokenizer.json", spec)
-    else:
-        tok = load_named(spec)
+    tok = load_saved(out / "tokenizer.json", spec) if is_builtin(spec) else load_named(spec)
     if meta["delimiter"]["id"] is None:
         tok.delimiter = tok.delimiter_kind = None
     return Corpus(streams["train"], streams["val"], int(meta["vocab_size"]), tok, meta)

@@ -62,7 +62,7 @@ def display_layouts(t: pd.DataFrame) -> pd.DataFrame:
         "KV B/token": t.kv_bytes_per_token.map(lambda x: num(x, ",.0f")),
         "params": t.n_params.map(lambda x: num(x / 1e3, ".1f") + "K"),
         "val ppl": [DASH if n == 0 else f"{m:.3f} ± {num(s, '.3f')}"
-                    for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],  # fmt: skip
+                    for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": [f"{n}/{N}" for n, N in zip(t.n_completed, t.n_runs)],
         "Δ vs uniform": t.delta_ppl_vs_uniform_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
         "lr": t.lr.map(lambda x: num(x, "g")),

@@ -32,7 +32,8 @@ SEEDS = {"s1": 3, "s2": 3, "s3": 2, "s4": 2, "s5": 2}
 
 # lr rule: lr = LR_REF * (N / N_REF) ** -LR_EXPONENT, the least-squares line of log(best lr) on log N, where the
 # best lr of a (shape, G) is the vertex of the parabola through its val losses at the lowest grid lr and its two
-# neighbours (in log lr; a grid-edge minimum is kept at the edge and flagged). Grid: MQA (G=1) and MHA (G=4) at s1 and s3, seed 0,
+# neighbours (in log lr; a grid-edge minimum is kept at the edge and flagged). Grid: MQA (G=1) and MHA (G=4) at s1
+# and s3, seed 0,
 # sweep=ladder_lr, measured on the 2-core AMD EPYC, 2026-12-02 (val loss after the full s1 / s3 budget).
 LR_GRID_SHAPES = {"s1": (1, 20), "s3": (2, 40)}  # (n_layers, d_model)
 LR_GRID_LOSS: dict[tuple[str, int], dict[float, float]] = {

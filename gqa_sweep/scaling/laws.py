@@ -72,7 +72,7 @@ class Law:
         """(log L (B, n), d log L / d theta (B, n, p)) for the Gauss-Newton solver."""
         theta = np.atleast_2d(theta)
         pred, weights = self._forward(theta)
-        J = np.zeros(pred.shape + (self.n_params,))
+        J = np.zeros((*pred.shape, self.n_params))
         for t, w in zip(self.terms, weights):
             J += w[:, :, None] * self._onehot(t.intercept)[None]
             if t.slope is not None:

@@ -68,7 +68,9 @@ def from_runs(runs: pd.DataFrame) -> Points:
     """Completed runs with a finite loss; ValueError naming what is missing."""
     missing = [c for c in COLUMNS if c not in runs.columns]
     if missing:
-        raise ValueError(f"scaling: the runs table lacks {', '.join(missing)}; load it with gqa_sweep.results.load_runs")
+        raise ValueError(
+            f"scaling: the runs table lacks {', '.join(missing)}; load it with gqa_sweep.results.load_runs"
+        )
     df = runs[(runs["status"] == "completed") & np.isfinite(runs["val_loss"].astype(float))
               & (runs["val_loss"].astype(float) > 0)]
     if df.empty:

@@ -100,7 +100,8 @@ def answer_budget(curves, args, answers: list) -> list[str]:
     out = [head]
     for row in ans.table:
         out.append(f"    {_fmt_ratio(row['G/H'])}: G={row['G']} of H={row['H']}, L={row['n_layers']}, "
-                   f"d={row['d_model']}, N={row['N'] / 1e9:.3g}B, {human_bytes(row['memory_bytes'])}: loss {row['loss']:.4f} "
+                   f"d={row['d_model']}, N={row['N'] / 1e9:.3g}B, {human_bytes(row['memory_bytes'])}: "
+                   f"loss {row['loss']:.4f} "
                    f"[{row['loss_lo']:.4f}, {row['loss_hi']:.4f}]")
     out.append(f"  -> G={ans.G} of H={ans.H} (N={_n(ans.n_params)}): loss {ans.loss:.4f} "
                f"[{ans.interval[0]:.4f}, {ans.interval[1]:.4f}], P(best) = {ans.p_best:.2f}"
