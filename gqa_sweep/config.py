@@ -1,7 +1,8 @@
 """A run's config and every check on it, torch-free: bad input fails before torch and Lightning load.
 
-ModelConfig (the model's shape), the run's identity (run_id_of, run_name) and `validate`, which
-raises ConfigError naming the fix.
+The run's identity (normalised computation -> run_id_of, run_name), the model's fields from Hydra
+(model_config; the shape itself is gqa_sweep.shape.ModelConfig, re-exported here) and `validate`, which raises
+ConfigError naming the fix.
 """
 
 from __future__ import annotations
@@ -10,214 +11,26 @@ import copy
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from gqa_sweep.kv_formula import ATTENTIONS, kv_elements_per_layer
+from gqa_sweep.shape import (
+    MLA_NORM_EPS,
+    PARAM_MATCH,
+    SDPA_BACKENDS,
+    ModelConfig,
+    divisors,
+    matched_d_ff,
+    non_embedding_params,
+)
 
-SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
-def _check_kv_heads(G, H: int, layer: int | None = None) -> None:
-    """G must divide H; a per-layer list's message names the layer (`n_kv_heads[2]`)."""
-    name = "n_kv_heads" if layer is None else f"n_kv_heads[{layer}]"
-    where = "" if layer is None else f"layer {layer}: "
-    choose = f"choose {name} from {', '.join(map(str, divisors(H)))}"
-    if not isinstance(G, int) or isinstance(G, bool) or G <= 0:
-        raise ValueError(f"{where}{name}={G!r} must be a positive integer; {choose} (divisors of n_heads={H})")
-    if G > H:
-        raise ValueError(f"{where}{name}={G} is larger than n_heads={H}; {choose} (G=1 is MQA, G={H} is MHA)")
-    if H % G:
-        raise ValueError(f"{where}n_heads={H} is not divisible by {name}={G}; {choose}")
-
-
-@dataclass
-class ModelConfig:
-    vocab_size: int
-    block_size: int
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int | list[int]  # G, or one G per layer (e.g. [4, 2, 1, 1]); a list of equal G means that G
-    d_head: int | None = None  # None: d_model // n_heads; set it to hold head size fixed across a sweep
-    d_ff: int | None = None  # None: SwiGLU width ~8/3 d_model, rounded up to a multiple of 32
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    tie_embeddings: bool = False
-    init_std: float = 0.02
-    sdpa_backend: str = "auto"
-    qk_norm: bool = False  # RMSNorm over each head's q and k before RoPE (OLMo-2, Qwen3): bounds attention logits
-    # gqa | gta (grouped-tied: one K/V state per group, arXiv 2505.21487) | mla (DeepSeek-V2 latent attention)
-    attention: str = "gqa"
-    rope_dim: int | None = None  # gta / mla: d_R rotated dims (one RoPE key shared by all heads); None: d_head / 2
-    kv_lora_rank: int | None = None  # mla: d_c, the cached latent's size; None: 4 * d_head (DeepSeek-V2)
-    q_lora_rank: int | None = None  # mla: the query's low-rank latent; None: a plain q_proj
-    qk_nope_dim: int | None = None  # mla: per-head q/k dims without RoPE; None: d_head
-    v_dim: int | None = None  # mla: per-head value dims; None: d_head
-
-    def __post_init__(self) -> None:
-        H, G = self.n_heads, self.n_kv_heads
-        for name in ("vocab_size", "block_size", "n_layers", "d_model", "n_heads"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
-        if isinstance(G, (list, tuple)):
-            if len(G) != self.n_layers:
-                raise ValueError(
-                    f"n_kv_heads={list(G)} has {len(G)} entries but n_layers={self.n_layers}; give one G per layer"
-                )
-            for i, g in enumerate(G):
-                _check_kv_heads(g, H, layer=i)
-            # A list of one G is the uniform model: the same module shapes, the same row.
-            self.n_kv_heads = G = G[0] if len(set(G)) == 1 else list(G)
-        else:
-            _check_kv_heads(G, H)
-        if self.d_head is None:
-            if self.d_model % H or self.d_model // H % 2:
-                why = "is not divisible by" if self.d_model % H else "gives an odd d_head (RoPE needs it even) with"
-                ok = [h for h in divisors(self.d_model) if self.d_model // h % 2 == 0]
-                raise ValueError(
-                    f"d_model={self.d_model} {why} n_heads={H}; choose n_heads from "
-                    f"{', '.join(map(str, ok)) or '(none: d_model is odd)'} or set an even d_head explicitly"
-                )
-            self.d_head = self.d_model // H
-        if not isinstance(self.d_head, int) or self.d_head <= 0 or self.d_head % 2:
-            raise ValueError(f"d_head={self.d_head!r} must be a positive even integer for RoPE; set an even d_head")
-        if self.d_ff is None:
-            self.d_ff = 32 * math.ceil(8 * self.d_model / 3 / 32)  # any width exports: HF takes it as is
-        if not isinstance(self.d_ff, int) or self.d_ff <= 0:
-            raise ValueError(f"d_ff={self.d_ff!r} must be a positive integer (or None for ~8/3 d_model)")
-        if not isinstance(self.qk_norm, bool):
-            raise ValueError(f"qk_norm={self.qk_norm!r} must be true or false")
-        if self.sdpa_backend not in SDPA_BACKENDS:
-            raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
-        self._check_attention()
-
-    def _check_attention(self) -> None:
-        """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
-        a, D = self.attention, self.d_head
-        if a not in ATTENTIONS:
-            raise ValueError(f"attention={a!r}; choose from {', '.join(ATTENTIONS)}")
-        own = {"gqa": (), "gta": ("rope_dim",), "mla": MLA_KNOBS}[a]
-        for name in MLA_KNOBS:
-            value = getattr(self, name)
-            if name not in own and value is not None:
-                uses = "attention=gta or mla" if name == "rope_dim" else "attention=mla"
-                raise ValueError(f"{name}={value!r} applies to {uses} only (attention={a}); drop it or set {uses}")
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise ValueError(f"{name}={value!r} must be a positive integer (or null for its default)")
-        if a == "gqa":
-            return
-        if self.qk_norm:
-            raise ValueError(f"qk_norm is implemented for attention=gqa only; drop qk_norm or use attention=gqa "
-                             f"(attention={a})")  # fmt: skip
-        if self.rope_dim is None:
-            self.rope_dim = D // 2
-        if self.rope_dim % 2:
-            raise ValueError(
-                f"rope_dim={self.rope_dim} must be even (RoPE rotates pairs of dims); e.g. rope_dim={D // 2}"
-            )
-        if a == "gta" and self.rope_dim >= D:
-            raise ValueError(f"rope_dim={self.rope_dim} must be below d_head={D} for GTA (K = the tied state's first "
-                             f"d_head - rope_dim dims + the RoPE key); e.g. rope_dim={D // 2}")  # fmt: skip
-        if a == "mla":
-            if not self.uniform:
-                raise ValueError(f"n_kv_heads={self.kv_layout} is a per-layer G list, but attention=mla has no KV "
-                                 "groups (one latent per token); give one integer n_kv_heads (ignored by MLA)")
-            # Every head has its own (expanded) K and V, as DeepseekV3's num_key_value_heads = num_attention_heads.
-            self.n_kv_heads = self.n_heads
-            self.kv_lora_rank = self.kv_lora_rank or 4 * D
-            self.qk_nope_dim = self.qk_nope_dim or D
-            self.v_dim = self.v_dim or D
-
-    @property
-    def kv_groups(self) -> int | list[int] | None:
-        """G of the rows: None for MLA, which caches one latent per token and has no KV groups."""
-        return None if self.attention == "mla" else self.n_kv_heads
-
-    @property
-    def rope_dims(self) -> int:
-        """Dims RoPE rotates (and its frequency table spans): all of d_head for GQA, d_R for GTA and MLA."""
-        return self.d_head if self.attention == "gqa" else self.rope_dim
-
-    def kv_elements_per_layer(self, layer: int = 0) -> int:
-        return kv_elements_per_layer(self.attention, self.kv_heads_per_layer[layer], self.d_head, self.rope_dim,
-                                     self.kv_lora_rank)  # fmt: skip
-
-    @property
-    def kv_heads_per_layer(self) -> list[int]:
-        G = self.n_kv_heads
-        return list(G) if isinstance(G, list) else [G] * self.n_layers
-
-    @property
-    def uniform(self) -> bool:
-        return not isinstance(self.n_kv_heads, list)
-
-    @property
-    def kv_layout(self) -> str:
-        """G of each layer, comma-joined ("2,2" uniform, "4,2,1,1" front-loaded): the row's `kv_layout`."""
-        return ",".join(map(str, self.kv_heads_per_layer))
-
-    @property
-    def group_size(self) -> int | None:
-        """H / G; None for a per-layer layout (each layer has its own)."""
-        return self.n_heads // self.n_kv_heads if self.uniform else None
-
-    def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
-        """Cache bytes one token occupies across all layers: GQA 2 * sum_l G_l * d_head * bytes; GTA
-        sum_l (G_l * d_head + d_R) * bytes; MLA n_layers * (d_c + d_R) * bytes (gqa_sweep/kv_formula.py)."""
-        return sum(self.kv_elements_per_layer(i) for i in range(self.n_layers)) * bytes_per_element
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-MLA_KNOBS = ("rope_dim", "kv_lora_rank", "q_lora_rank", "qk_nope_dim", "v_dim")
-MLA_NORM_EPS = 1e-6  # DeepseekV3's two latent RMSNorms hard-code it; ours match, so the export is exact
-PARAM_MATCH = ("none", "ffn")
-MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target count by at most 0.25 %
-
-
-def non_embedding_params(cfg: ModelConfig) -> int:
-    """DecoderLM.num_params(non_embedding=True) from the shape alone (the token embedding is a lookup)."""
-    d, D, H = cfg.d_model, cfg.d_head, cfg.n_heads
-    per_layer_fixed = 2 * d + 3 * d * cfg.d_ff  # two norms + SwiGLU
-    if cfg.attention == "gqa":  # q, o + K/V of G_l heads (+ two d_head gains with qk_norm)
-        per_layer_fixed += 2 * H * D * d + (2 * D if cfg.qk_norm else 0)
-        attn = sum(2 * G * D * d for G in cfg.kv_heads_per_layer)
-    elif cfg.attention == "gta":  # q, o + one tied state of G_l heads + the single-head RoPE key
-        per_layer_fixed += 2 * H * D * d + cfg.rope_dim * d
-        attn = sum(G * D * d for G in cfg.kv_heads_per_layer)
-    else:  # mla: q (plain or through its normalised latent), the KV latent + k_R, its norm, up-projection, o
-        dn, dr, dc, dv, rq = cfg.qk_nope_dim, cfg.rope_dim, cfg.kv_lora_rank, cfg.v_dim, cfg.q_lora_rank
-        q = H * (dn + dr) * d if rq is None else d * rq + rq + rq * H * (dn + dr)
-        per_layer_fixed += q + d * (dc + dr) + dc + dc * H * (dn + dv) + H * dv * d
-        attn = 0
-    return cfg.n_layers * per_layer_fixed + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
-
-
-def matched_d_ff(cfg: ModelConfig) -> int:
-    """The d_ff giving `cfg` the non-embedding parameter count of its G=H (MHA) twin, as Llama 2 and Shazeer
-    widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded
-    to a multiple of 32 when that lands within 0.25 % of the target, else of 8, else to the nearest integer
-    (then within 3 * d_model * n_layers / 2 parameters)."""
-    mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads, "attention": "gqa",
-                                              **dict.fromkeys(MLA_KNOBS)}))  # fmt: skip
-    per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff
-    exact = cfg.d_ff + (mha - non_embedding_params(cfg)) / per_unit
-    for multiple in (32, 8):
-        d_ff = max(multiple, multiple * round(exact / multiple))
-        if abs(d_ff - exact) * per_unit <= MATCH_TOLERANCE * mha:
-            return d_ff
-    return max(1, round(exact))
-
+__all__ = [  # the shape's names, re-exported: callers read the whole run config from one module
+    "MLA_NORM_EPS", "PARAM_MATCH", "SDPA_BACKENDS", "ConfigError", "ModelConfig", "divisors", "matched_d_ff",
+    "non_embedding_params",
+]
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
 # The sweep is a label (a run reused by another sweep carries both; gqa_sweep.results' `sweeps` table).
