@@ -26,6 +26,7 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,7 +153,22 @@ def bare_encode(tokenizer: str, texts: list[str]) -> float:
     return sum(len(t.encode()) for t in texts) / 1e6 / (time.perf_counter() - t0)
 
 
-def throughput(work: Path, sample_mb: int) -> list[dict]:
+BARE = """
+import sys
+from pathlib import Path
+from gqa_sweep.bench.data import bare_encode, texts_of
+print(bare_encode(sys.argv[1], texts_of(Path(sys.argv[2]), 1 << 62)))
+"""
+
+
+def bare_in_subprocess(tokenizer: str, sample: Path) -> float:
+    """bare_encode in a fresh process, as the prepare runs in one (same imports, same thread pools)."""
+    r = subprocess.run([sys.executable, "-c", BARE, tokenizer, str(sample)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def throughput(work: Path, sample_mb: int, repeats: int = 5) -> list[dict]:
     """End-to-end prepare MB/s (reading, json, encoding, writing; BPE training excluded and shown) vs bare."""
     sample = work / "sample"
     sample.mkdir(exist_ok=True)
@@ -166,8 +182,7 @@ def throughput(work: Path, sample_mb: int) -> list[dict]:
                 n += len(line)
                 if n >= sample_mb * 1e6:
                     break
-    texts = texts_of(sample, 1 << 62)
-    mb = sum(len(t.encode()) for t in texts) / 1e6
+    mb = sum(len(t.encode()) for t in texts_of(sample, 1 << 62)) / 1e6
     rows = []
     for label, tok in make_tokenizers(work, sample).items():
         cache = work / "cache-throughput"
@@ -177,16 +192,22 @@ def throughput(work: Path, sample_mb: int) -> list[dict]:
             bare_tok = str(Path(json.loads(out)["dir"]) / "tokenizer.json")
         else:
             bare_tok = tok
-        bare1 = bare_encode(bare_tok, texts)
-        wall, peak, out = run_measured(prepare_cmd(sample, tok, cache / label.split()[0], extra))
-        bare2 = bare_encode(bare_tok, texts)
-        meta = json.loads((Path(json.loads(out)["dir"]) / "meta.json").read_text())
-        e2e = mb / meta["encode_seconds"]
-        bare = (bare1 + bare2) / 2
+        bares, e2es, walls, tok_s, peaks = [], [], [], [], []
+        for rep in range(repeats):  # interleaved: bare, prepare, bare, prepare, ... (the CPU is shared)
+            bares.append(bare_in_subprocess(bare_tok, sample))
+            wall, peak, out = run_measured(prepare_cmd(sample, tok, cache / f"{label.split()[0]}-{rep}", extra))
+            meta = json.loads((Path(json.loads(out)["dir"]) / "meta.json").read_text())
+            e2es.append(mb / meta["encode_seconds"])
+            walls.append(wall)
+            tok_s.append(meta["seconds"] - meta["encode_seconds"])
+            peaks.append(peak)
+        bare, e2e = median(bares), median(e2es)
         rows.append({"tokenizer": label, "text_MB": round(mb, 1), "bare_encode_batch_MBps": round(bare, 2),
                      "prepare_MBps": round(e2e, 2), "ratio": round(e2e / bare, 2),
-                     "prepare_wall_s": round(wall, 1), "tokenizer_s": round(meta["seconds"] - meta["encode_seconds"], 1),
-                     "peak_rss_MB": round(peak / 2**20)})
+                     "ratio_range": f"{min(e / b for e, b in zip(e2es, bares)):.2f}-"
+                                    f"{max(e / b for e, b in zip(e2es, bares)):.2f}",
+                     "prepare_wall_s": round(median(walls), 1), "tokenizer_s": round(median(tok_s), 1),
+                     "peak_rss_MB": round(max(peaks) / 2**20)})
         print(rows[-1], flush=True)
     return rows
 
@@ -300,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("throughput", "all"):
         write(out, "throughput", throughput(work, args.sample_mb),
               "prepare_MBps = text bytes / the prepare's encode loop (reading jsonl, encoding, writing shards); "
-              "bare = the tokenizer's encode_batch on the same texts in memory, same batches, timed before and "
-              "after the prepare (mean); tokenizer_s = BPE training (ours) or loading.")
+              "bare = the tokenizer's encode_batch on the same texts in memory, same batches, in a fresh process like the "
+              "prepare; bare and prepare interleaved 5 times, medians (ratio_range: per pair); tokenizer_s = BPE training (ours) or loading.")
     if args.what in ("rss", "all"):
         tok = args.rss_tokenizer or f"tiktoken:{work / 'bpe32k' / 'bpe32k.tiktoken'}"
         write(out, "rss", rss(work, tok, args.small_files),
