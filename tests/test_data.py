@@ -468,8 +468,8 @@ def test_hf_unreachable_fails_fast(tmp_path, monkeypatch):
         CorpusDataModule(source="hf", name="wikitext", config="wikitext-2-raw-v1")
     assert time.perf_counter() - t0 < 10
     assert str(e.value) == (
-        "hf:wikitext is not in the local HF cache and the Hugging Face Hub could not be reached; download it where "
-        "there is a network (HF_HOME) or use a local file instead: data=text data.path=FILE"
+        "hf:wikitext could not be reached (no connection to the Hugging Face Hub and not in the local HF cache); "
+        "download it where there is a network (HF_HOME) or use a local file instead: data=text data.path=FILE"
     )
 
 

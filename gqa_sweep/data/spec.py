@@ -153,8 +153,8 @@ def _check_hf(d: dict, deep: bool) -> None:
         from gqa_sweep.data.hf import _hub_reachable, hf_cached
 
         if not hf_cached(d["name"]) and not _hub_reachable():
-            raise DataError(f"hf:{d['name']} is not in the local HF cache and the Hugging Face Hub could not be "
-                            f"reached; download it where there is a network (HF_HOME) or {LOCAL_HINT}")
+            raise DataError(f"hf:{d['name']} could not be reached (no connection to the Hugging Face Hub and not "
+                            f"in the local HF cache); download it where there is a network (HF_HOME) or {LOCAL_HINT}")
 
 
 def _check_tokens(d: dict) -> None:
