@@ -30,7 +30,7 @@ from gqa_sweep.config import (
     validate,
 )
 from gqa_sweep.data.common import DataError
-from gqa_sweep.data.spec import check_data
+from gqa_sweep.data.spec import CORPUS_ORDER, check_data
 from gqa_sweep.precision import resolve_precision
 from gqa_sweep.results import ResultsStore, StoreError
 
@@ -79,11 +79,14 @@ def check_inputs(cfg: DictConfig) -> None:
 
 
 def planned_config(cfg: DictConfig) -> dict:
-    """The run's computation as plain data: `trainer.precision=auto` resolved for this device, settings that
-    change nothing normalised (config.normalised). Its hash is the run id."""
+    """The run's computation as plain data: `trainer.precision=auto` resolved for this device, a corpus's batch
+    order version added (data.spec.CORPUS_ORDER), settings that change nothing normalised (config.normalised).
+    Its hash is the run id."""
     config = resolved(cfg)
     trainer = config["trainer"]
     trainer["precision"], _ = resolve_precision(trainer["precision"], trainer.get("accelerator", "cpu"))
+    if config["data"].get("source") != "mqar":
+        config["data"]["order"] = CORPUS_ORDER  # the batch order is part of what a corpus run computes
     return normalised(config)
 
 

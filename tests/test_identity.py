@@ -11,10 +11,20 @@ from gqa_sweep.precision import resolve_precision
 from gqa_sweep.results import ResultsStore, load_history, load_runs
 from tests.conftest import ROOT, TINY, gqa_sweep
 
-# `gqa-sweep -m` as the code of bec5dc2 wrote it (AMD EPYC Zen 5, trainer.precision=auto -> bf16-mixed,
-# 2026-12-01): 4 runs, ids hashed with `sweep: g_sweep` and `precision: auto`.
+# Stores as the code of bec5dc2 wrote them (AMD EPYC Zen 5, trainer.precision=auto -> bf16-mixed, 2026-12-01),
+# ids hashed with the sweep name and `auto`: `gqa-sweep -m` (tiny Shakespeare, 4 runs), and a 2-run MQAR sweep.
 OLD_STORE = ROOT / "tests" / "data" / "store_bec5dc2"
 OLD_IDS = {1: "552efa24b463", 2: "2472a2c12499", 4: "b4b112e53ef5", 8: "1873e56dbf69"}
+OLD_MQAR = ROOT / "tests" / "data" / "store_bec5dc2_mqar"
+OLD_MQAR_IDS = {1: "000ee3b486b4", 2: "d2c291d41039"}
+MQAR_ARGS = [  # the MQAR sweep of OLD_MQAR, as it was run
+    "model.d_model=32", "model.n_layers=1", "trainer.max_steps=8", "trainer.val_check_interval=4",
+    "trainer.ckpt_every_n_steps=2", "trainer.num_threads=1", "metrics.decode_batch=2", "metrics.decode_prompt_tokens=4",
+    "metrics.decode_new_tokens=8", "metrics.spike_window=3", "metrics.attn_logit_every=2",
+    "metrics.throughput_warmup=2", "logger=none", "data=mqar", "data.vocab_size=64", "data.num_train=200",
+    "data.num_test=16", "model.n_heads=2", "data.train_segments=[[16,2],[32,4]]",
+    "data.test_segments=[[16,2],[32,4],[32,8]]", "data.block_size=32", "data.batch_size=4", "model.n_kv_heads=1,2",
+]
 
 
 def preview(tmp_path: Path, *args: str) -> tuple[str, dict[str, str]]:
@@ -25,10 +35,10 @@ def preview(tmp_path: Path, *args: str) -> tuple[str, dict[str, str]]:
     return proc.stdout, ids
 
 
-def old_store(tmp_path: Path) -> Path:
+def old_store(tmp_path: Path, store: Path = OLD_STORE) -> Path:
     results = tmp_path / "results"
     results.mkdir()
-    shutil.copy(OLD_STORE / "runs.sqlite", results)
+    shutil.copy(store / "runs.sqlite", results)
     return results
 
 
@@ -54,32 +64,45 @@ def test_param_match_at_mha_and_default_spellings_are_the_plain_run(tmp_path: Pa
 def test_the_sweep_name_is_a_label_not_an_identity(tmp_path: Path) -> None:
     _, default = preview(tmp_path)
     _, renamed = preview(tmp_path, "sweep=another")
-    assert default == renamed
+    _, seeds = preview(tmp_path, "experiment=seeds")
+    assert default == renamed and len(seeds) == 12
+    assert {name: seeds[name] for name in default} == default  # experiment=seeds' seed 0 is the default sweep
 
 
 def test_an_old_store_is_found_reused_and_reported(tmp_path: Path) -> None:
-    results = old_store(tmp_path)
-    text, _ = preview(tmp_path, "trainer.precision=bf16-mixed")
-    assert "4 jobs, 0 to train, 4 already done" in text
-    for G, old in OLD_IDS.items():
-        assert re.search(rf"H8-G{G}-s0 \|\s+[0-9a-f]{{12}} \|\s+completed \(as {old}\) \|\s+skip", text), text
-    seeds, _ = preview(tmp_path, "experiment=seeds", "trainer.precision=bf16-mixed")
-    assert "12 jobs, 8 to train, 4 already done" in seeds  # seed 0 is the default sweep's: not trained again
-    # A real sweep that reuses them: nothing trains, the rows gain the sweep's label, nothing is duplicated.
+    results = old_store(tmp_path, OLD_MQAR)
+    text, _ = preview(tmp_path, *MQAR_ARGS, "trainer.precision=bf16-mixed")
+    assert "2 jobs, 0 to train, 2 already done" in text
+    for G, old in OLD_MQAR_IDS.items():
+        assert re.search(rf"H2-G{G}-s0 \|\s+[0-9a-f]{{12}} \|\s+completed \(as {old}\) \|\s+skip", text), text
+    # A real sweep under another name reuses them: nothing trains, the rows gain its label, nothing is duplicated.
     before = load_runs(results)
-    proc = gqa_sweep("-m", "experiment=seeds", "seed=0", "trainer.precision=bf16-mixed", f"results_dir={results}",
+    proc = gqa_sweep("-m", *MQAR_ARGS, "trainer.precision=bf16-mixed", "sweep=again", f"results_dir={results}",
                      cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.count("skip H8-G") == 4
+    assert proc.stdout.count("skip H2-G") == 2
     after = load_runs(results)
-    assert sorted(after.run_id) == sorted(before.run_id) == sorted(OLD_IDS.values())
-    assert set(after.sweeps) == {"g_sweep,seeds"}
-    assert sorted(load_runs(results, sweep="seeds").run_id) == sorted(OLD_IDS.values())
+    assert sorted(after.run_id) == sorted(before.run_id) == sorted(OLD_MQAR_IDS.values())
+    assert set(after.sweeps) == {"again,recall"}
+    assert sorted(load_runs(results, sweep="again").run_id) == sorted(OLD_MQAR_IDS.values())
     stored = [c for c in before.columns if c != "sweeps" and before[c].notna().any()]
     assert after[stored].equals(before[stored])  # every stored value kept as it was
     from gqa_sweep.report.cli import main as report_main  # the report finds them under the new sweep's name
 
-    assert report_main([str(results), "--sweep", "seeds", "--out", str(tmp_path / "report")]) == 0
+    assert report_main([str(results), "--sweep", "again", "--out", str(tmp_path / "report")]) == 0
+    assert "T32-K8 (test only)" in (tmp_path / "report" / "recall.md").read_text()
+
+
+def test_rows_from_before_the_new_batch_order_are_kept_not_reused(tmp_path: Path) -> None:
+    """The default sweep's old rows trained on the offsets of the old data path: the same config is another
+    computation now (data.spec.CORPUS_ORDER), so they are read and reported but trained again, not reused."""
+    results = old_store(tmp_path)
+    text, ids = preview(tmp_path, "trainer.precision=bf16-mixed")
+    assert "4 jobs, 4 to train, 0 already done" in text and set(ids.values()).isdisjoint(OLD_IDS.values())
+    assert sorted(load_runs(results, sweep="g_sweep").run_id) == sorted(OLD_IDS.values())
+    from gqa_sweep.report.cli import main as report_main
+
+    assert report_main([str(results), "--out", str(tmp_path / "report")]) == 0
     ablation = (tmp_path / "report" / "ablation.md").read_text()
     assert all(f"| {G} " in ablation for G in OLD_IDS)
 
