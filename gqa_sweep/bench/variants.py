@@ -81,12 +81,12 @@ def bench_decode_variants(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame
             per_token = measured_bytes_per_token(model, fns[(att, G)].cache, ctx)
             kv, w = per_token * ctx * a.batch, weight_bytes(model, env.elem)
             step = t[(att, G)][0] / a.new_tokens
-            rows.append(dict(
-                attention=att, G=G, kind=kind(att, G, H), context=ctx, batch=a.batch,
-                cache_bytes_per_token=per_token, cache_MiB=kv / 2**20, weight_MiB=w / 2**20,
-                bytes_per_token=(kv + w) / a.batch, ms_per_token=step * 1e3, tok_s=a.batch / step,
-                GBps=(kv + w) / step / 1e9, ai_model=ai_model(att, G, H),
-            ))  # fmt: skip
+            rows.append({
+                "attention": att, "G": G, "kind": kind(att, G, H), "context": ctx, "batch": a.batch,
+                "cache_bytes_per_token": per_token, "cache_MiB": kv / 2**20, "weight_MiB": w / 2**20,
+                "bytes_per_token": (kv + w) / a.batch, "ms_per_token": step * 1e3, "tok_s": a.batch / step,
+                "GBps": (kv + w) / step / 1e9, "ai_model": ai_model(att, G, H),
+            })  # fmt: skip
         del fns, models
     df = pd.DataFrame(rows)
     mha = df[df.kind == "MHA"].set_index("context")
