@@ -94,6 +94,8 @@ def normalised(cfg: dict) -> dict:
         m["d_ff"] = None
     if isinstance(m.get("n_kv_heads"), list) and plain.uniform:
         m["n_kv_heads"] = plain.n_kv_heads
+    if m.get("attention") == "mla":  # MLA has no G: any n_kv_heads is the same computation
+        m["n_kv_heads"] = m["n_heads"]
     return cfg
 
 
@@ -122,7 +124,12 @@ def run_name(cfg: dict) -> str:
     G = m["n_kv_heads"]
     if isinstance(G, list):  # a per-layer layout: H8-G4.2.1.1-s0 (a list of one G is that G)
         G = G[0] if len(set(G)) == 1 else ".".join(map(str, G))
-    name = f"H{m['n_heads']}-G{G}-s{cfg['seed']}"
+    attention = m.get("attention", "gqa")
+    if attention == "mla":  # no G: the latent's size names it (kv_lora_rank, default 4 d_head)
+        d_head = m.get("d_head") or m["d_model"] // m["n_heads"]
+        name = f"H{m['n_heads']}-MLA{m.get('kv_lora_rank') or 4 * d_head}-s{cfg['seed']}"
+    else:
+        name = f"H{m['n_heads']}-G{G}-s{cfg['seed']}" + ("-gta" if attention == "gta" else "")
     if m.get("d_head") is not None:  # a head size other than d_model / H
         name += f"-dh{m['d_head']}"
     if m.get("qk_norm"):
@@ -182,6 +189,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
     validate_decode(cfg)
     init = cfg.init
+    if init.method != "scratch" and m.get("attention", "gqa") != "gqa":
+        raise ConfigError(f"init.method={init.method} converts MHA K/V heads to GQA; model.attention="
+                          f"{m.attention} trains from scratch: drop init.method or use model.attention=gqa")
     if init.method not in INIT_METHODS:
         raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
     if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:

@@ -103,6 +103,8 @@ RUN_COLUMNS: dict[str, str] = {
     "peak_measured_at": "TEXT",  # when the peak was measured (ISO time); empty for a datasheet figure
     # The attention type (model.attention: gqa | gta | mla); MLA has no G, its n_kv_heads is H (docs/metrics.md).
     "attention": "TEXT",
+    "kv_lora_rank": "INTEGER",  # MLA's cached latent d_c (null otherwise)
+    "rope_dim": "INTEGER",  # GTA / MLA: the decoupled RoPE key's dims d_R (null for GQA)
     # Tokens in the train split and passes over it (tokens_seen / data_train_tokens; > 1: the data repeated).
     "data_train_tokens": "INTEGER",
     "epochs": "REAL",

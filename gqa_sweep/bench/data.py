@@ -2,7 +2,7 @@
 
     python -m gqa_sweep.bench.data corpus --src /work/corpus --work /tmp/gqa-data-bench --big-gb 2
     python -m gqa_sweep.bench.data throughput --work ...   prepare vs the bare tokenizer's encode_batch, side by side
-    python -m gqa_sweep.bench.data rss --work ...          peak RSS of `gqa-prepare` (whole process tree), 200 MB vs 2 GB
+    python -m gqa_sweep.bench.data rss --work ...          peak RSS of `gqa-prepare` (process tree), 200 MB vs 2 GB
     python -m gqa_sweep.bench.data reads --work ...        >= 1B-token shard set: first batch, RSS over 1,000 steps
     python -m gqa_sweep.bench.data all ...                 everything, one table per part, under --out (results/)
 
@@ -263,7 +263,8 @@ print(json.dumps({"tokens": dm.train_tokens + dm.val_tokens, "import_s": round(t
                   "first_batch_s": round(first, 3), "batch_ms_median": round(times[len(times) // 2] * 1e3, 3),
                   "batch_ms_p99": round(times[int(len(times) * 0.99)] * 1e3, 3),
                   "rss_growth_1000_steps_MB": round((rss1 - rss0) / 1e6, 1),
-                  "anon_growth_MB": round((anon1 - anon0) / 1e6, 1), "file_mapped_growth_MB": round((file1 - file0) / 1e6, 1),
+                  "anon_growth_MB": round((anon1 - anon0) / 1e6, 1),
+                  "file_mapped_growth_MB": round((file1 - file0) / 1e6, 1),
                   "rss_MB": round(rss1 / 1e6),
                   "train_step_ms": round(step * 1e3, 1),
                   "batch_share_of_step": round(times[len(times) // 2] / step, 5)}))
@@ -323,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("throughput", "all"):
         write(out, "throughput", throughput(work, args.sample_mb),
               "prepare_MBps = text bytes / the prepare's encode loop (reading jsonl, encoding, writing shards); "
-              "bare = the tokenizer's encode_batch on the same texts in memory, same batches, in a fresh process like the "
-              "prepare; bare and prepare interleaved 5 times, medians (ratio_range: per pair); tokenizer_s = BPE training (ours) or loading.")
+              "bare = the tokenizer's encode_batch on the same texts in memory, same batches, in a fresh process "
+              "like the prepare; bare and prepare interleaved 5 times, medians (ratio_range: per pair); "
+              "tokenizer_s = BPE training (ours) or loading.")
     if args.what in ("rss", "all"):
         tok = args.rss_tokenizer or f"tiktoken:{work / 'bpe32k' / 'bpe32k.tiktoken'}"
         write(out, "rss", rss(work, tok, args.small_files),
@@ -333,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         write(out, "reads", reads(work, args.read_shards, args.read_shard_tokens),
               "A fresh process opens a 1.0B-token shard set (10 x 1e8 random uint16 ids) with data=tokens: "
               "first_batch_s = setup() + the first batch (16 x 1024); batch times over 1,000 steps; RSS growth "
-              "over those steps; train_step_ms = one AdamW step of a 2-layer d=128 model (vocab 32,768) on 4 x 256 tokens, for the share (batch_ms_median / train_step_ms).")
+              "over those steps; train_step_ms = one AdamW step of a 2-layer d=128 model (vocab 32,768) on "
+              "4 x 256 tokens, for the share (batch_ms_median / train_step_ms).")
     return 0
 
 

@@ -74,7 +74,8 @@ def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
     df = prepare(runs).assign(attention=attention_of(runs).to_numpy())
     d_c = pd.to_numeric(model_key(runs, "kv_lora_rank"), errors="coerce").to_numpy()
     df = df.assign(d_c=pd.Series(d_c, index=df.index).fillna(4 * df.d_head))  # null: ModelConfig's 4 d_head
-    df = df[~is_conversion(df) & df.n_kv_heads.notna()]
+    # MLA rows have no G (n_kv_heads is null since rows carry `attention`; older MLA rows recorded H).
+    df = df[~is_conversion(df) & (df.n_kv_heads.notna() | (df.attention == "mla"))]
     df = df.assign(variant=[_label(a, G, H, c) for a, G, H, c in zip(df.attention, df.n_kv_heads, df.n_heads, df.d_c)])
     rows = []
     for (model, variant), cell in df.groupby(["model", "variant"], observed=True, sort=False):
