@@ -121,16 +121,19 @@ def test_a_forced_rerun_supersedes_the_row_an_old_version_stored(tmp_path: Path)
 
 
 def test_a_contended_run_is_marked_and_the_sweep_tells_its_progress(tmp_path: Path) -> None:
-    """Two busy loops hold both cores while a 2-run sweep trains: each row says it was contended, the sweep
-    warns and gives its ETA after each run, and the report leaves the contended throughput out."""
+    """Two busy loops per core while a 2-run sweep trains: each row says it was contended, the sweep warns and
+    gives its ETA after each run, and the report leaves the contended throughput out. The runs are long enough
+    (60 steps) that the scheduler's share, not luck within one time slice, decides their CPU time."""
     import os
     import subprocess
     import sys
 
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+    loop = [sys.executable, "-c", "while True: pass"]
+    hogs = [subprocess.Popen(loop) for _ in range(2 * (os.cpu_count() or 1))]
     try:
         results = tmp_path / "results"
-        proc = gqa_sweep("-m", *TINY, f"results_dir={results}", "model.n_kv_heads=1,2", cwd=tmp_path)
+        proc = gqa_sweep("-m", *TINY, "trainer.max_steps=60", f"results_dir={results}", "model.n_kv_heads=1,2",
+                         cwd=tmp_path)
     finally:
         for h in hogs:
             h.kill()
