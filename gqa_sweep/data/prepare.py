@@ -14,14 +14,12 @@ bytes as an uninterrupted one. Parallel jobs serialise on a lock file (flock) an
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import queue
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from gqa_sweep.data.tokenizers import (
     load_named,
     load_saved,
 )
+from gqa_sweep.locks import file_lock
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 DEFAULT_BPE_SAMPLE_BYTES = 64 << 20
@@ -231,17 +230,6 @@ def build_tokenizer(d: dict, settings: dict, source, progress: Progress):
 # --------------------------------------------------------------------------------------------------- main
 
 
-@contextmanager
-def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def batches(pieces, size: int):
     """Lists of pieces of about `size` bytes of text, each ending at a piece one can resume after."""
     batch, n = [], 0
@@ -292,7 +280,7 @@ def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
         on_hit(hit)
     if hit:
         return out
-    with locked(cache_dir / f".{out.name}.lock"):
+    with file_lock(cache_dir / f".{out.name}.lock"):
         if (out / "meta.json").exists():  # another job prepared it while we waited
             return out
         out.mkdir(parents=True, exist_ok=True)

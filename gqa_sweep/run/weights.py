@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
@@ -15,22 +12,11 @@ from omegaconf import DictConfig, open_dict
 from gqa_sweep.checkpoint import load_model
 from gqa_sweep.config import ConfigError, resolved, results_dir, run_id_of
 from gqa_sweep.convert import convert_model, load_source
+from gqa_sweep.locks import file_lock
 from gqa_sweep.module import LMModule
 from gqa_sweep.plan import planned_config
 
 log = logging.getLogger("gqa_sweep")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An exclusive lock across processes (parallel jobs sharing one MHA parent wait for it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def parent_config(cfg: DictConfig) -> DictConfig:
