@@ -1,7 +1,7 @@
 """A run's config and every check on it, torch-free: bad input fails before torch and Lightning load.
 
 The run's identity (normalised computation -> run_id_of, run_name), the model's fields from Hydra
-(model_config; the shape itself is gqa_sweep.shape.ModelConfig, re-exported here) and `validate`, which raises
+(model_config; the shape itself is gqa_sweep.model.shape.ModelConfig, re-exported here) and `validate`, which raises
 ConfigError naming the fix.
 """
 
@@ -17,7 +17,7 @@ from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from gqa_sweep.shape import (
+from gqa_sweep.model.shape import (
     MLA_NORM_EPS,
     PARAM_MATCH,
     SDPA_BACKENDS,
@@ -33,7 +33,7 @@ __all__ = [  # the shape's names, re-exported: callers read the whole run config
 ]
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
-# The sweep is a label (a run reused by another sweep carries both; gqa_sweep.results' `sweeps` table).
+# The sweep is a label (a run reused by another sweep carries both; gqa_sweep.store.results' `sweeps` table).
 IDENTITY_EXCLUDE = (
     "results_dir",
     "force",

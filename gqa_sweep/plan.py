@@ -31,8 +31,8 @@ from gqa_sweep.config import (
 )
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.spec import CORPUS_ORDER, check_data
-from gqa_sweep.precision import resolve_precision
-from gqa_sweep.results import ResultsStore, StoreError
+from gqa_sweep.store.results import ResultsStore, StoreError
+from gqa_sweep.train.precision import resolve_precision
 
 TOTAL_ENV = "GQA_SWEEP_JOBS"  # jobs this sweep launches: read by each job for its `run i/N` line
 PLAN_ENV = "GQA_SWEEP_PLAN"  # the sweep's jobs (id, shape, steps, work) and start: each job's ETA line

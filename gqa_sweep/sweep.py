@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from gqa_sweep.config import ConfigError, divisors, resolved, results_dir
 from gqa_sweep.plan import RunPlan, plan_job, store_index
-from gqa_sweep.results import ResultsStore, load_runs
+from gqa_sweep.store.results import ResultsStore, load_runs
 
 KV_KEY = "model.n_kv_heads"
 

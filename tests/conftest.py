@@ -18,8 +18,8 @@ def _plant_peaks() -> None:
     """A fixed 10 TFLOP/s peak per dtype and thread count, planted in the session's cache: a real peak is seconds
     of 3,072² matmuls, never cached on a busy machine (so every run of the tests would measure it), and one taken
     on a busy machine is beaten by the tests' own runs (so they would re-measure). No test model gets near it."""
-    from gqa_sweep.metrics import device_name
-    from gqa_sweep.peak import Measurement, cache_file, cache_key, cached, now_iso, store
+    from gqa_sweep.train.metrics import device_name
+    from gqa_sweep.train.peak import Measurement, cache_file, cache_key, cached, now_iso, store
 
     planted = Measurement(flops=1e13, passes=(1e13, 1e13), measured_at=now_iso())
     for threads in range(1, (os.cpu_count() or 1) + 1):
@@ -29,7 +29,7 @@ def _plant_peaks() -> None:
                 store(cache_file(), key, planted, "measured")
 
 
-# The measured-peak cache (gqa_sweep/peak.py) of every run in the tests, in-process and in subprocesses: not ~
+# The measured-peak cache (gqa_sweep/train/peak.py) of every run in the tests, in-process and in subprocesses: not ~
 # (and never planted in a cache the user pointed the tests at).
 if "GQA_SWEEP_CACHE" not in os.environ:
     os.environ["GQA_SWEEP_CACHE"] = tempfile.mkdtemp(prefix="gqa-sweep-cache-")

@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.attention import (
+from gqa_sweep.config import ModelConfig, matched_d_ff, non_embedding_params, run_id_of
+from gqa_sweep.model.attention import (
     GQAAttention,
     GTAAttention,
     LatentCache,
     MLAAttention,
     TiedCache,
 )
-from gqa_sweep.config import ModelConfig, matched_d_ff, non_embedding_params, run_id_of
-from gqa_sweep.kv_formula import kv_elements_per_layer
-from gqa_sweep.model import DecoderLM
+from gqa_sweep.model.kv_formula import kv_elements_per_layer
+from gqa_sweep.model.transformer import DecoderLM
 
 BLOCK = 48
 
@@ -242,7 +242,7 @@ def test_non_embedding_params_formula_and_ffn_matching(kw) -> None:
 
 
 def test_gqa_convert_refuses_a_gta_or_mla_checkpoint() -> None:
-    from gqa_sweep.convert import check_groups
+    from gqa_sweep.hf.convert import check_groups
 
     with pytest.raises(ValueError, match=r"^only attention=gqa checkpoints convert to fewer KV heads \(this one is "
                                          r"attention=mla\); train the GTA / MLA model from scratch"):  # fmt: skip
@@ -250,7 +250,7 @@ def test_gqa_convert_refuses_a_gta_or_mla_checkpoint() -> None:
 
 
 def test_flops_per_token_uses_mla_head_sizes() -> None:
-    from gqa_sweep.metrics import flops_per_token
+    from gqa_sweep.train.metrics import flops_per_token
 
     gqa, mla = model_of(), model_of(attention="mla", qk_nope_dim=8, v_dim=12, rope_dim=4)
     assert flops_per_token(gqa, 32) == 6 * gqa.num_params(non_embedding=True) + 12 * 2 * 4 * 16 * 32

@@ -7,7 +7,7 @@ import torch
 
 from gqa_sweep.bench.attention import attention_fns, attention_inputs, decode_attention_fns
 from gqa_sweep.bench.common import make_env
-from gqa_sweep.model import divisors
+from gqa_sweep.model.shape import divisors
 from tests.bench_helpers import assert_finite_positive, assert_header, run_quick
 
 

@@ -7,7 +7,8 @@ import torch
 
 from gqa_sweep.bench.common import weight_bytes
 from gqa_sweep.bench.decode import cache_bytes, decode_fn, first_tokens, hf_copy, hf_decode_fn, random_cache
-from gqa_sweep.model import DecoderLM, ModelConfig, divisors
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 from tests.bench_helpers import assert_finite_positive, assert_header, run_quick
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gqa_sweep.metrics import decode_tokens_per_s
-from gqa_sweep.model import DecoderLM, ModelConfig
-from gqa_sweep.results import load_runs
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.store.results import load_runs
+from gqa_sweep.train.metrics import decode_tokens_per_s
 from tests.conftest import TINY, gqa_sweep
 
 

@@ -7,10 +7,11 @@ import io
 import pandas as pd
 import pytest
 
-from gqa_sweep import kv
 from gqa_sweep.bench.cli import main
 from gqa_sweep.bench.serve import batches
-from gqa_sweep.model import DecoderLM, ModelConfig, divisors
+from gqa_sweep.model import kv
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 from tests.bench_helpers import assert_finite_positive, assert_header
 
 

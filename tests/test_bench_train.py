@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gqa_sweep.bench.train import to_hf_for_training
-from gqa_sweep.model import DecoderLM, ModelConfig, divisors
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 from tests.bench_helpers import assert_finite_positive, assert_header, run_quick
 
 

@@ -7,9 +7,10 @@ import io
 import pandas as pd
 import pytest
 
-from gqa_sweep import kv
 from gqa_sweep.bench.cli import main
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.model import kv
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
 
 QUICK = ["--quick", "--device", "cpu", "--attention", "gqa", "gta", "mla", "--repeats", "1", "--warmup", "0"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gqa_sweep.metrics import count_spikes, percentiles
 from gqa_sweep.report.tables import ablation_table, display_ablation
-from gqa_sweep.results import load_runs
+from gqa_sweep.store.results import load_runs
+from gqa_sweep.train.metrics import count_spikes, percentiles
 from tests.conftest import TINY, gqa_sweep, sweep_env
 
 

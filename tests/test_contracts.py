@@ -35,7 +35,7 @@ def test_the_tree_keeps_every_contract() -> None:
         ("run/build.py", "import gqa_sweep.sweep", ("gqa_sweep.run is not allowed to import gqa_sweep.sweep",
                                                     "gqa_sweep.run.build -> gqa_sweep.sweep")),
         # model and data are independent
-        ("model.py", "import gqa_sweep.data.text", ("gqa_sweep.model is not allowed to import gqa_sweep.data",)),
+        ("model/transformer.py", "import gqa_sweep.data.text", ("gqa_sweep.model is not allowed to import gqa_sweep.data",)),
     ],
 )
 def test_an_upward_import_breaks_a_contract(tmp_path, module: str, line: str, broken: tuple[str, ...]) -> None:
@@ -51,7 +51,7 @@ def test_an_upward_import_breaks_a_contract(tmp_path, module: str, line: str, br
 
 def test_config_and_plan_load_no_torch() -> None:
     code = (
-        "import sys, gqa_sweep.config, gqa_sweep.plan; "
+        "import sys, gqa_sweep.config, gqa_sweep.plan, gqa_sweep.model.shape, gqa_sweep.model.kv, gqa_sweep.store.results; "
         "print([m for m in ('torch', 'lightning') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -7,9 +7,10 @@ import importlib.util
 import pytest
 import torch
 
-from gqa_sweep.checkpoint import load_model, save_model
-from gqa_sweep.convert import METHODS, convert_checkpoint, convert_model, main
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.hf.convert import METHODS, convert_checkpoint, convert_model, main
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.checkpoint import load_model, save_model
 
 H, D_MODEL, D_HEAD, LAYERS = 8, 64, 8, 2
 KV_KEYS = ("attn.k_proj.weight", "attn.v_proj.weight")
@@ -279,8 +280,8 @@ def test_cli_missing_groups_is_a_usage_error(capsys):
 # --- Hugging Face source ------------------------------------------------------------------------
 
 needs_hf = pytest.mark.skipif(
-    importlib.util.find_spec("gqa_sweep.hf") is None or importlib.util.find_spec("transformers") is None,
-    reason="HF import needs gqa_sweep.hf and transformers",
+    importlib.util.find_spec("gqa_sweep.hf.export") is None or importlib.util.find_spec("transformers") is None,
+    reason="HF import needs gqa_sweep.hf.export and transformers",
 )
 
 
@@ -299,7 +300,7 @@ def save_tiny_llama(path, **overrides):
 
 @needs_hf
 def test_cli_converts_a_hugging_face_llama_directory(tmp_path, capsys):
-    from gqa_sweep.hf import from_hf
+    from gqa_sweep.hf.export import from_hf
 
     llama = save_tiny_llama(tmp_path / "hf")
     out = tmp_path / "g2.pt"

@@ -141,7 +141,7 @@ def test_worker_processes_read_the_same_batches(tmp_path):
 def _lightning_batches(tmp_path: Path, steps: int, resume: Path | None = None) -> list[list[int]]:
     import lightning as L
 
-    from gqa_sweep.module import LMModule
+    from gqa_sweep.train.module import LMModule
 
     seen: list[list[int]] = []
 

@@ -14,10 +14,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from gqa_sweep.checkpoint import save_model
 from gqa_sweep.data.tokenizers import CharTokenizer, hf_tokenizer
-from gqa_sweep.hf import export_main
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.hf.export import export_main
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.checkpoint import save_model
 from tests.test_data_prepare import corpus, make_tokenizer_json
 
 
@@ -48,7 +49,7 @@ def test_tokenizer_json_run_exports_with_it_and_generates(tmp_path, capsys):
     assert tok(prompt, add_special_tokens=False)["input_ids"] == ours_tok.encode(prompt).ids
     pipe = transformers.pipeline("text-generation", model=str(out), device="cpu")
     text = pipe(prompt, max_new_tokens=12, do_sample=False)[0]["generated_text"]
-    from gqa_sweep.checkpoint import load_model
+    from gqa_sweep.train.checkpoint import load_model
 
     model, _ = load_model(tmp_path / "run" / "model.pt")
     ids = model.eval().generate(torch.tensor([ours_tok.encode(prompt).ids]), 12, temperature=0.0)[0].tolist()

@@ -21,7 +21,7 @@ def fit(cache: str, ckdir: str, steps: int, resume: str | None = None) -> list[t
     """Train a tiny model for `steps` (from `resume` when given), checkpointing every step; the batches seen."""
     import lightning as L
 
-    from gqa_sweep.module import LMModule
+    from gqa_sweep.train.module import LMModule
 
     seen = []
 

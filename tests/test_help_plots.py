@@ -62,9 +62,10 @@ def test_rendered_help_lists_every_experiment_and_the_run_dir_export(tmp_path):
 
 def test_gqa_export_accepts_a_run_directory(tmp_path, capsys):
     pytest.importorskip("transformers")
-    from gqa_sweep.checkpoint import save_model
-    from gqa_sweep.hf import export_main
-    from gqa_sweep.model import DecoderLM, ModelConfig
+    from gqa_sweep.hf.export import export_main
+    from gqa_sweep.model.shape import ModelConfig
+    from gqa_sweep.model.transformer import DecoderLM
+    from gqa_sweep.train.checkpoint import save_model
 
     run_dir = tmp_path / "runs" / "abc123"
     model = DecoderLM(ModelConfig(vocab_size=40, block_size=16, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2))
@@ -191,7 +192,8 @@ def test_notebook_cells_have_ids_and_validate_without_warnings(path: Path):
 def test_hf_decode_uses_the_current_cache_api_without_warnings():
     pytest.importorskip("transformers")
     from gqa_sweep.bench.decode import decode_fn, first_tokens, hf_copy, hf_decode_fn, random_cache
-    from gqa_sweep.model import DecoderLM, ModelConfig
+    from gqa_sweep.model.shape import ModelConfig
+    from gqa_sweep.model.transformer import DecoderLM
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=64, block_size=32, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2)

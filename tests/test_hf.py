@@ -15,9 +15,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gqa_sweep.checkpoint import save_model
-from gqa_sweep.hf import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.hf.export import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.checkpoint import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 
@@ -154,7 +155,7 @@ def test_export_from_lightning_checkpoint(tmp_path: Path) -> None:
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from gqa_sweep.module import LMModule
+    from gqa_sweep.train.module import LMModule
 
     module = LMModule(tiny(12, 3, 48).cfg.to_dict(), max_steps=2, warmup_steps=1)
     data = DataLoader(TensorDataset(tokens(4, 16), tokens(4, 16, seed=1)), batch_size=2)
@@ -341,8 +342,8 @@ def test_exported_run_generates_our_text_in_a_pipeline(tiny_sweep: Path, tmp_pat
     """gqa-export of a trained run ships its tokenizer: pipeline("text-generation") greedy = our generate."""
     import os
 
-    from gqa_sweep.checkpoint import load_model
-    from gqa_sweep.results import load_runs
+    from gqa_sweep.store.results import load_runs
+    from gqa_sweep.train.checkpoint import load_model
 
     run_dir = tiny_sweep / "runs" / load_runs(tiny_sweep).run_id[0]
     old = os.umask(0o022)

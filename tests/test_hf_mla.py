@@ -9,9 +9,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from gqa_sweep.checkpoint import save_model
-from gqa_sweep.hf import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.hf.export import export_main, from_hf, load_hf_dir, model_config_from_hf, to_hf
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.checkpoint import save_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,8 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
-from gqa_sweep.precision import resolve_precision
-from gqa_sweep.results import ResultsStore, load_history, load_runs
+from gqa_sweep.store.results import ResultsStore, load_history, load_runs
+from gqa_sweep.train.precision import resolve_precision
 from tests.conftest import ROOT, TINY, gqa_sweep
 
 # Stores as the code of bec5dc2 wrote them (AMD EPYC Zen 5, trainer.precision=auto -> bf16-mixed, 2026-12-01),

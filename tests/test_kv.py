@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from gqa_sweep.kv import (
+from gqa_sweep.model.attention import KVCache
+from gqa_sweep.model.kv import (
     DTYPE_BYTES,
     PRESETS,
     human_bytes,
@@ -20,7 +21,7 @@ from gqa_sweep.kv import (
     max_batch_size,
     parse_bytes,
 )
-from gqa_sweep.model import KVCache, ModelConfig
+from gqa_sweep.model.shape import ModelConfig
 
 SEED_ARGS = ["--preset", "llama3-70b", "--seq", "8192", "--batch", "16", "--dtype", "fp16"]
 # The seed figures (34.36 GB at G=8, 274.88 GB at G=64) are exactly 2^35 and 2^38 bytes:

@@ -7,7 +7,7 @@ import pytest
 
 from gqa_sweep.report import main as report
 from gqa_sweep.report.layouts import layouts_table
-from gqa_sweep.results import ResultsStore, load_runs
+from gqa_sweep.store.results import ResultsStore, load_runs
 from tests.conftest import TINY, gqa_sweep
 from tests.test_report import _row
 

@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.model import DecoderLM, KVCache, ModelConfig, RMSNorm, divisors
+from gqa_sweep.model.attention import KVCache
+from gqa_sweep.model.layers import RMSNorm
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest
 

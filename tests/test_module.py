@@ -2,7 +2,7 @@
 
 import torch
 
-from gqa_sweep.module import LMModule
+from gqa_sweep.train.module import LMModule
 
 CFG = {"vocab_size": 40, "block_size": 16, "n_layers": 2, "d_model": 32, "n_heads": 4, "n_kv_heads": 2}
 

@@ -11,7 +11,7 @@ import torch
 
 from gqa_sweep.data import DataError, MQARDataModule
 from gqa_sweep.data.mqar import IGNORE, Segment, multiquery_ar, power_law
-from gqa_sweep.val_stats import ValStats
+from gqa_sweep.store.val_stats import ValStats
 
 
 def check_invariants(x: np.ndarray, y: np.ndarray, V: int, T: int, K: int, random_filler: bool) -> None:
@@ -186,7 +186,7 @@ MQAR_TINY = [
 
 def test_mqar_sweep_rows_and_report(tmp_path):
     from gqa_sweep.report import main as report_main
-    from gqa_sweep.results import load_runs
+    from gqa_sweep.store.results import load_runs
     from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"
@@ -211,7 +211,7 @@ def test_mqar_sweep_rows_and_report(tmp_path):
 
 
 def test_text_runs_carry_loss_by_position(tiny_sweep):
-    from gqa_sweep.results import load_runs
+    from gqa_sweep.store.results import load_runs
 
     runs = load_runs(tiny_sweep)
     for r in runs.itertuples():

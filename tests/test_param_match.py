@@ -3,7 +3,7 @@
 import pytest
 
 from gqa_sweep.config import ModelConfig, divisors, matched_d_ff, non_embedding_params
-from gqa_sweep.model import DecoderLM
+from gqa_sweep.model.transformer import DecoderLM
 
 SHAPES = [  # (n_layers, d_model, n_heads, extras)
     (2, 128, 8, {}),
@@ -52,7 +52,7 @@ def test_matched_width_rounding():
 
 def test_a_fair_sweep_records_widths_and_reports_the_three_readings(tmp_path):
     from gqa_sweep.report import main as report
-    from gqa_sweep.results import load_runs
+    from gqa_sweep.store.results import load_runs
     from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"

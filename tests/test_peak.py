@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from gqa_sweep import peak as peak_mod
 from gqa_sweep.bench import peak as bench_peak
-from gqa_sweep.peak import (
+from gqa_sweep.train import peak as peak_mod
+from gqa_sweep.train.peak import (
     Measurement,
     Peak,
     busy_reason,
@@ -250,7 +250,7 @@ def test_precision_auto_falls_back_to_fp32_without_native_bf16(tmp_path, monkeyp
 
 
 def test_native_bf16_reads_the_cpu_flags():
-    from gqa_sweep.precision import native_bf16
+    from gqa_sweep.train.precision import native_bf16
 
     flags = Path("/proc/cpuinfo").read_text()
     native, why = native_bf16("cpu")
@@ -268,7 +268,7 @@ def test_cpu_default_precision_is_auto():
 
 
 def test_a_bf16_mixed_run_records_bf16_everywhere(tmp_path):
-    from gqa_sweep.results import load_runs
+    from gqa_sweep.store.results import load_runs
     from tests.conftest import TINY, gqa_sweep
 
     results = tmp_path / "results"

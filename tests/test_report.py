@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 from gqa_sweep import report
 from gqa_sweep.report import main
-from gqa_sweep.results import ResultsStore, load_history
+from gqa_sweep.store.results import ResultsStore, load_history
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "ablation.ipynb"
 VOCAB = 256

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gqa_sweep.report.fair import display_fair, fair_table
-from gqa_sweep.results import ResultsStore, load_runs
+from gqa_sweep.store.results import ResultsStore, load_runs
 from tests.test_report import _row
 
 H2 = dict(model_name="h2", n_heads=2, d_model=16, d_head=8, n_layers=1, vocab_size=256)

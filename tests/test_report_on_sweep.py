@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from gqa_sweep.results import load_runs
+from gqa_sweep.store.results import load_runs
 
 NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "ablation.ipynb"
 

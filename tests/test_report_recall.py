@@ -13,7 +13,7 @@ from gqa_sweep.report.recall import (
     recall_plots,
     recall_table,
 )
-from gqa_sweep.results import RUN_COLUMNS
+from gqa_sweep.store.results import RUN_COLUMNS
 
 CONFIG = json.dumps({"data": {"train_segments": [[32, 4]], "seq_len": 64, "num_kv_pairs": 4}})
 

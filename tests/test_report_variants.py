@@ -10,7 +10,7 @@ import pytest
 from gqa_sweep.report import main as report
 from gqa_sweep.report.tables import build_tables
 from gqa_sweep.report.variants import attention_of, variants_table
-from gqa_sweep.results import ResultsStore, load_runs
+from gqa_sweep.store.results import ResultsStore, load_runs
 
 TINY = {"model_name": "tiny", "n_heads": 8, "d_model": 128, "d_head": 16, "n_layers": 2, "vocab_size": 65}
 # variant -> (attention, G, d_c, elements per token per layer, ppl per seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gqa_sweep.results import RUN_COLUMNS, ResultsStore, StoreError, load_history, load_runs
+from gqa_sweep.store.results import RUN_COLUMNS, ResultsStore, StoreError, load_history, load_runs
 
 
 def _row(run_id: str, **kw) -> dict:

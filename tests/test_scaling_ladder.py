@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from gqa_sweep.kv import divisors
+from gqa_sweep.model.kv import divisors
 from gqa_sweep.scaling import ladder
 from tests.conftest import ROOT
 

@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from gqa_sweep.kv import kv_cache_bytes
+from gqa_sweep.model.kv import kv_cache_bytes
 from gqa_sweep.scaling import deploy
 
 # Two trained KV fractions with the same E and alpha; G = H/4 needs 1.25x MHA's parameters for the same loss
@@ -66,8 +66,8 @@ def test_budget_picks_the_g_whose_larger_model_fits():
 
 
 def test_cli_answers_both_questions_from_a_store(tmp_path, capsys):
-    from gqa_sweep.results import ResultsStore
     from gqa_sweep.scaling.recommend import main
+    from gqa_sweep.store.results import ResultsStore
 
     rng = np.random.default_rng(0)
     store = ResultsStore(tmp_path)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from gqa_sweep.report.cli import main
-from gqa_sweep.results import ResultsStore
+from gqa_sweep.store.results import ResultsStore
 
 SIZES = np.logspace(4.3, 5.3, 5)  # 20K-200K, 10x
 S_G = {4: 1.0, 2: 0.85, 1: 0.7}  # M0 truth: G acts as s_G times MHA's parameters

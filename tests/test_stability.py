@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.checkpoint import load_model
-from gqa_sweep.module import LMModule
 from gqa_sweep.report import build_tables, main, make_plots
 from gqa_sweep.report.stability import mitigation, stability_plots
-from gqa_sweep.results import ResultsStore, load_history, load_runs
+from gqa_sweep.store.results import ResultsStore, load_history, load_runs
+from gqa_sweep.train.checkpoint import load_model
+from gqa_sweep.train.module import LMModule
 from tests.conftest import TINY, gqa_sweep
 
 V = 65

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gqa_sweep.results import load_history, load_runs
+from gqa_sweep.store.results import load_history, load_runs
 from tests.conftest import GQA_SWEEP, TINY, gqa_sweep, sweep_env
 
 METRIC_COLUMNS = [

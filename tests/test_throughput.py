@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gqa_sweep.results import load_runs
+from gqa_sweep.store.results import load_runs
 from tests.conftest import TINY, gqa_sweep
 from tests.test_mqar import MQAR_TINY
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gqa_sweep.results import load_runs
+from gqa_sweep.store.results import load_runs
 from tests.conftest import TINY, gqa_sweep
 
 S = 10  # parent steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from gqa_sweep.report import main as report
-from gqa_sweep.results import load_runs
+from gqa_sweep.store.results import load_runs
 from tests.conftest import TINY, gqa_sweep
 
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gqa_sweep.bench.common import Env, interleaved, peak_memory, profile_table, stats
-from gqa_sweep.model import divisors
+from gqa_sweep.model.shape import divisors
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:

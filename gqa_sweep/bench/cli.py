@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from gqa_sweep import kv
 from gqa_sweep.bench.attention import bench_attention
 from gqa_sweep.bench.common import DTYPES, PRESETS, make_env, model_config, write_table
 from gqa_sweep.bench.decode import bench_decode
 from gqa_sweep.bench.serve import bench_serve, gqa_kv_command, write_plot
 from gqa_sweep.bench.train import bench_train
 from gqa_sweep.bench.variants import NOTE as VARIANT_NOTE
+from gqa_sweep.model import kv
 
 # Defaults per subcommand: (full, quick). Full sizes finish in minutes on a 2-core CPU; quick in seconds.
 _TINY = dict(n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256))
@@ -71,7 +71,7 @@ NOTES = {
     "train": "tokens/s medians over rounds, each round = warm-up + timed steps; harness_over_bare = harness/bare; "
     "ours_over_hf = bare/hf (same loop, same weights, same AdamW and clipping); FLOPs/token = 6N + 12*L*H*d_head*T "
     "(N without the embedding table); <impl>_mfu = <impl>_tok_s x flops/token / peak_TFLOPs, the datasheet peak of "
-    "a known GPU or else the measured dense-matmul peak in the run's dtype (peak_source; gqa_sweep/peak.py).",
+    "a known GPU or else the measured dense-matmul peak in the run's dtype (peak_source; gqa_sweep/train/peak.py).",
 }
 BENCHES = {"attention": bench_attention, "decode": bench_decode, "serve": bench_serve, "train": bench_train}
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gqa_sweep.metrics import device_name
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.metrics import device_name
 
 # Kineto (torch.profiler's backend) prints `USDT: ... profiler_start/stop` lines to stderr on every profile;
 # level 6 is above all of its message kinds. It is read when the profiler first starts, so setting it here

@@ -246,7 +246,8 @@ times = []
 for _ in range(999):
     t = time.perf_counter(); next(it); times.append(time.perf_counter() - t)
 rss1, anon1, file1 = mem()
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
 torch.manual_seed(0)
 m = DecoderLM(ModelConfig(vocab_size=32768, block_size=256, n_layers=2, d_model=128, n_heads=4, n_kv_heads=2))
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)

@@ -28,7 +28,9 @@ from gqa_sweep.bench.common import (
     weight_bytes,
 )
 from gqa_sweep.bench.variants import bench_decode_variants, measured_bytes_per_token
-from gqa_sweep.model import DecoderLM, KVCache, ModelConfig, divisors
+from gqa_sweep.model.attention import KVCache
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 
 IMPLS = ("folded", "unfolded", "hf")
 
@@ -100,7 +102,7 @@ def hf_decode_fn(hf, cache: KVCache, first: torch.Tensor, new_tokens: int) -> Ca
 
 def hf_copy(model: DecoderLM):
     """The same weights as `transformers.LlamaForCausalLM`, SDPA attention, in eval mode."""
-    from gqa_sweep.hf import to_hf
+    from gqa_sweep.hf.export import to_hf
 
     hf = to_hf(model)
     hf.set_attn_implementation("sdpa")

@@ -20,9 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gqa_sweep.metrics import device_name
-from gqa_sweep.peak import cache_file, cpu_info, measure_peak, peak_of
-from gqa_sweep.precision import native_bf16
+from gqa_sweep.train.metrics import device_name
+from gqa_sweep.train.peak import cache_file, cpu_info, measure_peak, peak_of
+from gqa_sweep.train.precision import native_bf16
 
 
 def fp32_per_cycle(info: dict) -> tuple[float, str]:

@@ -2,7 +2,7 @@
 
 For each G the batch doubles from 1 while the weights plus a KV cache of `--context` tokens per sequence fit
 in `--memory`; the last point is the largest batch that fits, the number `gqa-kv --memory` computes for the
-same shape and budget (both use `gqa_sweep.kv.max_batch_size`). Fewer KV heads, smaller cache per sequence,
+same shape and budget (both use `gqa_sweep.model.kv.max_batch_size`). Fewer KV heads, smaller cache per sequence,
 a larger batch: the Llama 2 paper's Fig. 24 picture. Every G that runs a batch size is timed side by side.
 """
 
@@ -15,11 +15,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gqa_sweep import kv
 from gqa_sweep.bench.common import Env, interleaved, model_config, stats
 from gqa_sweep.bench.decode import decode_fn, first_tokens
 from gqa_sweep.bench.variants import cases, kind, random_cache, variant_config
-from gqa_sweep.model import DecoderLM, divisors
+from gqa_sweep.model import kv
+from gqa_sweep.model.shape import divisors
+from gqa_sweep.model.transformer import DecoderLM
 
 
 def _variants(a: argparse.Namespace) -> bool:

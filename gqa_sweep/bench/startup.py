@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.metrics import device_name
+from gqa_sweep.train.metrics import device_name
 
 CLI = [sys.executable, "-m", "gqa_sweep.cli"]
 CASES = [

@@ -13,14 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from gqa_sweep.bench.common import Env, model_config, profile_table, stats, synchronize
-from gqa_sweep.metrics import flops_per_token
-from gqa_sweep.model import DecoderLM, divisors
-from gqa_sweep.peak import correct_peak
+from gqa_sweep.model.shape import divisors
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.metrics import flops_per_token
+from gqa_sweep.train.peak import correct_peak
 
 
 def to_hf_for_training(model: DecoderLM):
     """The same model and weights as `transformers.LlamaForCausalLM`, SDPA attention, no KV cache objects."""
-    from gqa_sweep.hf import to_hf
+    from gqa_sweep.hf.export import to_hf
 
     hf = to_hf(model)
     hf.set_attn_implementation("sdpa")
@@ -83,7 +84,7 @@ def train_fns(a: argparse.Namespace, env: Env, G: int, loader) -> tuple[dict, di
     """One round of warm-up + timed steps for: Lightning harness, bare loop, HF Llama (same weights)."""
     import lightning as L
 
-    from gqa_sweep.module import LMModule
+    from gqa_sweep.train.module import LMModule
 
     torch.manual_seed(a.seed)
     steps = a.warmup + a.steps

@@ -2,7 +2,7 @@
 
 Every case decodes greedily from a cache of `context` random tokens with our own single-token step (GQA folded on
 the CPU, GTA reading its tied state in place, MLA absorbed), so what differs is what a step reads: the cache
-(measured from the cache's own buffers and checked against the formula of gqa_sweep/kv_formula.py) plus the
+(measured from the cache's own buffers and checked against the formula of gqa_sweep/model/kv_formula.py) plus the
 weights. Beside the measured tokens/s, `ai_model` is the GLA paper's arithmetic-intensity model of decode
 attention (arXiv 2505.21487, Table 1: FLOPs per byte of cache read): GQA H/G (MHA 1, MQA H), GTA 2H/G, MLA 2H.
 """
@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from gqa_sweep.bench.common import Env, interleaved, model_config, stats, weight_bytes
-from gqa_sweep.model import DecoderLM, ModelConfig, divisors
+from gqa_sweep.model.shape import ModelConfig, divisors
+from gqa_sweep.model.transformer import DecoderLM
 
 
 def variant_config(a: argparse.Namespace, attention: str, G: int, block: int) -> ModelConfig:

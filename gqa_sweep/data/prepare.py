@@ -35,7 +35,7 @@ from gqa_sweep.data.tokenizers import (
     load_named,
     load_saved,
 )
-from gqa_sweep.locks import file_lock
+from gqa_sweep.store.locks import file_lock
 
 DEFAULT_SHARD_TOKENS = 100_000_000
 DEFAULT_BPE_SAMPLE_BYTES = 64 << 20

@@ -21,7 +21,7 @@ from gqa_sweep.report.load import (
 )
 from gqa_sweep.report.plots import make_plots, write_plots
 from gqa_sweep.report.tables import build_tables, to_markdown, write_tables
-from gqa_sweep.results import load_history
+from gqa_sweep.store.results import load_history
 
 # ------------------------------------------------------------------------------------------------- CLI
 

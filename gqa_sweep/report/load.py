@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.results import DB_NAME, RUN_COLUMNS, STATUSES, load_runs
+from gqa_sweep.store.results import DB_NAME, RUN_COLUMNS, STATUSES, load_runs
 
 DASH = "—"
 METHODS = ("mha_mean", "mha_first", "mha_random", "scratch")

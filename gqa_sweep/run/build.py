@@ -13,8 +13,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gqa_sweep.config import ConfigError, max_steps_of, model_config, resolved, results_dir
 from gqa_sweep.data.tokenizers import hf_tokenizer
-from gqa_sweep.module import LMModule
-from gqa_sweep.precision import native_bf16
+from gqa_sweep.train.module import LMModule
+from gqa_sweep.train.precision import native_bf16
 
 log = logging.getLogger("gqa_sweep")
 

@@ -8,10 +8,10 @@ import math
 import torch
 from omegaconf import DictConfig
 
-from gqa_sweep.kv import DTYPE_BYTES
-from gqa_sweep.metrics import decode_tokens_per_s, device_name, flops_per_token, precision_dtype
-from gqa_sweep.module import LMModule
-from gqa_sweep.peak import correct_peak, mfu
+from gqa_sweep.model.kv import DTYPE_BYTES
+from gqa_sweep.train.metrics import decode_tokens_per_s, device_name, flops_per_token, precision_dtype
+from gqa_sweep.train.module import LMModule
+from gqa_sweep.train.peak import correct_peak, mfu
 
 
 def decode_plan(cfg: DictConfig) -> tuple[int, int, int]:

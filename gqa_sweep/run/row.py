@@ -1,6 +1,6 @@
 """The run's row: what the run is (its description), then what it measured; plus its summary line.
 
-The columns and their types are the store's schema (gqa_sweep.results.RUN_COLUMNS, documented in
+The columns and their types are the store's schema (gqa_sweep.store.results.RUN_COLUMNS, documented in
 docs/metrics.md); `write_run` rejects any column not in it.
 """
 
@@ -16,8 +16,8 @@ import torch
 from omegaconf import DictConfig
 
 from gqa_sweep.config import max_steps_of
-from gqa_sweep.module import LMModule
 from gqa_sweep.plan import RunPlan
+from gqa_sweep.train.module import LMModule
 
 
 def now_iso() -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gqa_sweep.checkpoint import save_model
 from gqa_sweep.config import max_steps_of
 from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job
 from gqa_sweep.run.build import build_data, build_module, build_run_dir, resolve_precision, seed_and_threads
@@ -20,6 +19,7 @@ from gqa_sweep.run.measure import measure
 from gqa_sweep.run.row import Clock, describe_run, failed_row, finished_row, run_line
 from gqa_sweep.run.trainer import build_metrics, build_trainer
 from gqa_sweep.run.weights import initial_weights
+from gqa_sweep.train.checkpoint import save_model
 
 log = logging.getLogger("gqa_sweep")
 

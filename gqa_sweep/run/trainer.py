@@ -9,8 +9,8 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from gqa_sweep.callbacks import RunMetrics, StepProgress
 from gqa_sweep.config import max_steps_of, resolved
+from gqa_sweep.train.callbacks import RunMetrics, StepProgress
 
 OWN_TRAINER_KEYS = ("ckpt_every_n_steps", "compile", "num_threads")  # ours, not L.Trainer arguments
 

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
-from gqa_sweep.checkpoint import load_model
 from gqa_sweep.config import ConfigError, resolved, results_dir, run_id_of
-from gqa_sweep.convert import convert_model, load_source
-from gqa_sweep.locks import file_lock
-from gqa_sweep.module import LMModule
+from gqa_sweep.hf.convert import convert_model, load_source
 from gqa_sweep.plan import planned_config
+from gqa_sweep.store.locks import file_lock
+from gqa_sweep.train.checkpoint import load_model
+from gqa_sweep.train.module import LMModule
 
 log = logging.getLogger("gqa_sweep")
 

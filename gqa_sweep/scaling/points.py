@@ -1,6 +1,6 @@
 """The runs a scaling fit sees: one point per completed run (N, G, size label, seed, loss), and the seed sigma.
 
-Input is the runs DataFrame of gqa_sweep.results.load_runs (or anything with its columns): N is
+Input is the runs DataFrame of gqa_sweep.store.results.load_runs (or anything with its columns): N is
 n_params_non_embedding (the LM head included, as the store counts it), G is n_kv_heads, the size label is
 model_name (ladder-s1 ... ladder-s5). Curves are keyed by G when every run has the same n_heads; with several H
 they are keyed by the KV fraction G/H instead (so MHA is always 1 and a recommender can map onto other H).
@@ -69,7 +69,7 @@ def from_runs(runs: pd.DataFrame) -> Points:
     missing = [c for c in COLUMNS if c not in runs.columns]
     if missing:
         raise ValueError(
-            f"scaling: the runs table lacks {', '.join(missing)}; load it with gqa_sweep.results.load_runs"
+            f"scaling: the runs table lacks {', '.join(missing)}; load it with gqa_sweep.store.results.load_runs"
         )
     df = runs[(runs["status"] == "completed") & np.isfinite(runs["val_loss"].astype(float))
               & (runs["val_loss"].astype(float) > 0)]

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from gqa_sweep.kv import DTYPE_BYTES, human_bytes, parse_bytes
+from gqa_sweep.model.kv import DTYPE_BYTES, human_bytes, parse_bytes
 from gqa_sweep.scaling import deploy
 from gqa_sweep.scaling.bootstrap import bootstrap
 from gqa_sweep.scaling.laws import MODELS, per_group
@@ -41,8 +41,8 @@ def curves_from_fit(mf, boot) -> deploy.Curves:
 
 
 def load_curves(results_dir: str, sweep: str | None, model: str, objective: str, draws: int):
-    from gqa_sweep.results import load_runs
     from gqa_sweep.scaling.holdout import compare_models
+    from gqa_sweep.store.results import load_runs
 
     runs = load_runs(results_dir)
     if sweep is None and "ladder" in set(runs["sweep"].dropna().astype(str)):

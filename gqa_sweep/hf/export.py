@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
 
 if TYPE_CHECKING:
     from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen3Config
@@ -275,7 +276,7 @@ def export_delimiter(hf: PreTrainedModel, run_tokenizer: Path) -> str | None:
 
 def export_main(argv: list[str] | None = None) -> int:
     """`gqa-export RUN_DIR|CHECKPOINT OUT_DIR [--dtype fp32|bf16|fp16]`: write an HF Llama (or Qwen3) directory."""
-    from gqa_sweep.checkpoint import load_model
+    from gqa_sweep.train.checkpoint import load_model
 
     parser = argparse.ArgumentParser(
         prog="gqa-export",

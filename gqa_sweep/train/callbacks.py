@@ -10,8 +10,8 @@ import time
 import lightning as L
 import torch
 
-from gqa_sweep.metrics import count_spikes, percentiles
-from gqa_sweep.val_stats import IGNORE
+from gqa_sweep.store.val_stats import IGNORE
+from gqa_sweep.train.metrics import count_spikes, percentiles
 
 CONTENDED_UTIL = 0.75  # below it a CPU run's threads waited for cores (docs/metrics.md)
 

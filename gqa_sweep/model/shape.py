@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from gqa_sweep.kv_formula import ATTENTIONS, kv_elements_per_layer
+from gqa_sweep.model.kv_formula import ATTENTIONS, kv_elements_per_layer
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
@@ -162,7 +162,7 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
         """Cache bytes one token occupies across all layers: GQA 2 * sum_l G_l * d_head * bytes; GTA
-        sum_l (G_l * d_head + d_R) * bytes; MLA n_layers * (d_c + d_R) * bytes (gqa_sweep/kv_formula.py)."""
+        sum_l (G_l * d_head + d_R) * bytes; MLA n_layers * (d_c + d_R) * bytes (gqa_sweep/model/kv_formula.py)."""
         return sum(self.kv_elements_per_layer(i) for i in range(self.n_layers)) * bytes_per_element
 
     def to_dict(self) -> dict:

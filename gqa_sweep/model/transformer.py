@@ -1,6 +1,6 @@
 """Decoder-only LM (Llama block: pre-RMSNorm, RoPE, SwiGLU, no biases) around one attention type.
 
-`model.attention` picks it (gqa_sweep/attention.py): grouped-query (the default: K and V of `n_kv_heads` (G)
+`model.attention` picks it (gqa_sweep/model/attention.py): grouped-query (the default: K and V of `n_kv_heads` (G)
 heads, or G_l in layer l, query head j reading KV head j // (H // G) as HF `repeat_kv` does, so the model exports
 to `transformers.LlamaForCausalLM` with identical logits), grouped-tied (GTA) or multi-head latent (MLA, exports
 to `DeepseekV3ForCausalLM`). Grouping is done by `scaled_dot_product_attention(..., enable_gqa=True)` in
@@ -16,26 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gqa_sweep.attention import (  # noqa: F401  (re-exported: the names model.py had before the variants)
-    Attention,
-    Cache,
-    KVCache,
-    RMSNorm,
-    apply_rope,
-    build_attention,
-    new_cache,
-    sdpa_context,
-)
-from gqa_sweep.config import SDPA_BACKENDS, ModelConfig, divisors  # noqa: F401  (re-exported)
-
-
-def rope_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    # Over the rotated dims: all of d_head (GQA), d_R (GTA, MLA: HF DeepseekV3's head_dim = qk_rope_head_dim).
-    R = cfg.rope_dims
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, R, 2, dtype=torch.float32) / R))
-    freqs = torch.outer(torch.arange(cfg.block_size, dtype=torch.float32), inv_freq)
-    emb = torch.cat((freqs, freqs), dim=-1)  # half-rotation layout (HF Llama), not interleaved pairs
-    return emb.cos(), emb.sin()
+from gqa_sweep.model.attention import Cache, build_attention, new_cache
+from gqa_sweep.model.layers import RMSNorm, rope_tables
+from gqa_sweep.model.shape import ModelConfig
 
 
 class MLP(nn.Module):

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes taken by weights under --memory: N (units allowed, 0 = KV only) or auto "
                         "(the default: preset parameters x dtype bytes)")
     p.add_argument("--format", choices=("text", "md", "csv"), default="text", help="output format (default text)")
-    att = p.add_argument_group("attention type (gqa_sweep/kv_formula.py: one formula per type)")
+    att = p.add_argument_group("attention type (gqa_sweep/model/kv_formula.py: one formula per type)")
     att.add_argument("--attention", choices=("gqa", "gta", "mla"), default="gqa",
                      help="gqa (default: every G), gta (grouped-tied: G*d_head + d_R per layer), mla (latent: "
                           "d_c + d_R per layer; --kv-heads not needed)")  # fmt: skip
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _variant_main(parser, args, shape: Preset, weights: int, per_layer) -> int:
-    from gqa_sweep.kv_variants import display, variant_table
+    from gqa_sweep.model.kv_variants import display, variant_table
 
     if per_layer:
         parser.error(f"--attention {args.attention} takes one --kv-heads G, not a per-layer list")

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-from gqa_sweep.metrics import device_name, peak_flops
+from gqa_sweep.train.metrics import device_name, peak_flops
 
 CACHE_ENV = "GQA_SWEEP_CACHE"
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,

@@ -1,6 +1,6 @@
 """`gqa-kv --attention gta|mla`: the cache of grouped-tied and multi-head latent attention beside MHA's.
 
-Elements per token per layer come from gqa_sweep/kv_formula.py (GTA G * d_head + d_R, MLA d_c + d_R); the table
+Elements per token per layer come from gqa_sweep/model/kv_formula.py (GTA G * d_head + d_R, MLA d_c + d_R); the table
 has GTA's row per G dividing H, or MLA's one row, each with its "GQA-equivalent G" (elements / (2 d_head):
 DeepSeek-V2's 2.25) and the saving against MHA's 2 * H * d_head. Torch-free, as kv.py.
 """
@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from gqa_sweep.kv_formula import kv_elements_per_layer
+from gqa_sweep.model.kv_formula import kv_elements_per_layer
 
 
 def divisors(n: int) -> list[int]:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from gqa_sweep.checkpoint import CheckpointError, load_model, save_model
-from gqa_sweep.model import DecoderLM, divisors
+from gqa_sweep.model.shape import divisors
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.checkpoint import CheckpointError, load_model, save_model
 
 METHODS = ("mean", "first", "random")
 SERVED_KV_DTYPE = "bf16/fp16"  # the KV size reported when the run's precision is unknown: 2 bytes, as served
@@ -102,7 +103,7 @@ def load_source(path: str | Path) -> tuple[DecoderLM, dict]:
             f"{str(path)!r} is a directory without config.json; pass a model.pt, a Lightning .ckpt "
             "or a Hugging Face Llama checkpoint directory (config.json + *.safetensors)"
         )
-    from gqa_sweep.hf import load_hf_dir  # lazily: transformers is a dev extra and slow to import
+    from gqa_sweep.hf.export import load_hf_dir  # lazily: transformers is a dev extra and slow to import
 
     try:
         return load_hf_dir(path), {}

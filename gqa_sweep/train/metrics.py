@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from gqa_sweep.model import DecoderLM
+from gqa_sweep.model.transformer import DecoderLM
 
 # Dense peak FLOP/s per device (vendor datasheets, no sparsity). Keys are substrings of
 # torch.cuda.get_device_name(); the first match wins, so specific names come first.

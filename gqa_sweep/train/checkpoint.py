@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from gqa_sweep.model import DecoderLM, ModelConfig
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
 
 
 class CheckpointError(ValueError):

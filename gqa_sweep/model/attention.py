@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gqa_sweep.config import MLA_NORM_EPS, ModelConfig
+from gqa_sweep.model.layers import RMSNorm, apply_rope
+from gqa_sweep.model.shape import MLA_NORM_EPS, ModelConfig
 
 
 def sdpa_context(backend: str):
@@ -38,26 +39,6 @@ def sdpa_context(backend: str):
             "math": SDPBackend.MATH,
         }[backend]
     )
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 then cast back, as HF Llama does: bf16 variance is too coarse.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # Cast the tables to x's dtype (as HF does): under autocast fp32 tables would promote q/k to fp32.
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 # ---------------------------------------------------------------- caches
@@ -78,7 +59,7 @@ class Cache:
         return [buf for layer in self.layers for buf in layer]
 
     def elements_per_token(self, layer: int) -> int:
-        """Elements one token of one sequence occupies in `layer` (the formula of gqa_sweep/kv_formula.py)."""
+        """Elements one token of one sequence occupies in `layer` (the formula of gqa_sweep/model/kv_formula.py)."""
         return sum(buf[:1, :, :1].nelement() for buf in self.layers[layer])
 
     def nbytes(self, length: int | None = None) -> int:

@@ -14,8 +14,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.model import DecoderLM, ModelConfig
-from gqa_sweep.val_stats import IGNORE, ValStats
+from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.store.val_stats import IGNORE, ValStats
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
