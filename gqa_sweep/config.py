@@ -1,8 +1,8 @@
 """A run's config and every check on it, torch-free: bad input fails before torch and Lightning load.
 
-The run's identity (normalised computation -> run_id_of, run_name), the model's fields from Hydra
-(model_config; the shape itself is gqa_sweep.model.shape.ModelConfig, re-exported here) and `validate`, which raises
-ConfigError naming the fix.
+The run's identity (normalised computation -> run_id_of, run_name), its model shape (model_shape) and
+`validate`, which raises ConfigError naming the fix. The planner (gqa_sweep.plan, gqa_sweep.spec) resolves
+Hydra's config once and calls these on the plain data.
 """
 
 from __future__ import annotations
@@ -11,26 +11,13 @@ import copy
 import hashlib
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
 
-from gqa_sweep.model.shape import (
-    MLA_NORM_EPS,
-    PARAM_MATCH,
-    SDPA_BACKENDS,
-    ModelConfig,
-    divisors,
-    matched_d_ff,
-    non_embedding_params,
-)
-
-__all__ = [  # the shape's names, re-exported: callers read the whole run config from one module
-    "MLA_NORM_EPS", "PARAM_MATCH", "SDPA_BACKENDS", "ConfigError", "ModelConfig", "divisors", "matched_d_ff",
-    "non_embedding_params",
-]
+from gqa_sweep.model.shape import PARAM_MATCH, ModelConfig, divisors, matched_d_ff
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
 # The sweep is a label (a run reused by another sweep carries both; gqa_sweep.store.results' `sweeps` table).
@@ -66,13 +53,6 @@ class ConfigError(CompactHydraException, ValueError):
     """Bad input, reported in one line before any training (Hydra prints compact errors as-is)."""
 
 
-def resolved(cfg: DictConfig) -> dict:
-    """The run's resolved config as plain data, without Hydra's own node."""
-    d = OmegaConf.to_container(cfg, resolve=False)
-    d.pop("hydra", None)  # resolving it needs a running Hydra job; it is not part of the run anyway
-    return OmegaConf.to_container(OmegaConf.create(d), resolve=True)
-
-
 def normalised(cfg: dict) -> dict:
     """The same computation spelled one way, so it gets one run id and one name: a setting that changes
     nothing is written as its default. `model.param_match=ffn` where the matched FFN is the plain one (G = H),
@@ -81,9 +61,9 @@ def normalised(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     m = cfg["model"]
     try:
-        plain = ModelConfig(**model_config({**cfg, "model": {**m, "param_match": "none"}}, vocab_size=256))
-        used = ModelConfig(**model_config(cfg, vocab_size=256))
-        default = ModelConfig(**{**plain.to_dict(), "d_head": None, "d_ff": None})
+        plain = model_shape({**cfg, "model": {**m, "param_match": "none"}})
+        used = model_shape(cfg)
+        default = replace(plain, d_head=None, d_ff=None)
     except (ValueError, TypeError):
         return cfg
     if m.get("param_match", "none") != "none" and used.d_ff == plain.d_ff:
@@ -92,10 +72,9 @@ def normalised(cfg: dict) -> dict:
         m["d_head"] = None
     if m.get("d_ff") is not None and m["d_ff"] == default.d_ff:
         m["d_ff"] = None
-    if isinstance(m.get("n_kv_heads"), list) and plain.uniform:
-        m["n_kv_heads"] = plain.n_kv_heads
-    if m.get("attention") == "mla":  # MLA has no G: any n_kv_heads is the same computation
-        m["n_kv_heads"] = m["n_heads"]
+    # G as the model reads it (ModelConfig normalises it): a per-layer list of one G is that G; MLA has no G,
+    # so any n_kv_heads is the same computation (n_heads).
+    m["n_kv_heads"] = plain.n_kv_heads
     return cfg
 
 
@@ -145,77 +124,66 @@ def run_name(cfg: dict) -> str:
     return name
 
 
-def model_config(cfg: dict, vocab_size: int) -> dict:
-    """ModelConfig's fields from a run's config; `param_match=ffn` resolves to the matched d_ff here."""
+def model_shape(cfg: dict) -> ModelConfig:
+    """The run's model shape, its vocabulary left to the data; `param_match=ffn` resolves to the matched d_ff."""
     m = {k: v for k, v in cfg["model"].items() if k not in ("name", "param_match")}
-    m["vocab_size"] = vocab_size
     match = cfg["model"].get("param_match", "none")
     if match not in PARAM_MATCH:
         raise ValueError(f"param_match={match!r}; choose from {', '.join(PARAM_MATCH)}")
-    if match == "ffn":
-        m["d_ff"] = matched_d_ff(ModelConfig(**m))
-    return m
+    shape = ModelConfig(**{**m, "vocab_size": None})
+    return replace(shape, d_ff=matched_d_ff(shape)) if match == "ffn" else shape
 
 
-def max_steps_of(cfg: dict) -> int:
-    """Steps to train; an uptraining run (init.alpha set) derives them from the parent's S steps."""
-    init, steps = cfg["init"], cfg["trainer"]["max_steps"]
-    if init.get("alpha") is None:
-        return steps
-    S, alpha = init["parent_steps"], init["alpha"]
-    return round((1 + alpha) * S) if init["method"] == "scratch" else round(alpha * S)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Every check of the config itself: raise ConfigError naming the fix. The data's torch-free checks and
-    the store's are added by gqa_sweep.plan.check_inputs, which is what the sweep and the run call."""
-    m = cfg.model
-    if str(m.n_kv_heads) == "all":
+def validate(cfg: dict) -> None:
+    """Every check of the (resolved) config itself: raise ConfigError naming the fix. The data's torch-free
+    checks and the store's are added by gqa_sweep.plan.check_inputs, which is what the sweep and the run call."""
+    m = cfg["model"]
+    if str(m["n_kv_heads"]) == "all":
         raise ConfigError(
-            f"model.n_kv_heads=all expands to a sweep over {', '.join(map(str, divisors(int(m.n_heads))))}; "
+            f"model.n_kv_heads=all expands to a sweep over {', '.join(map(str, divisors(int(m['n_heads']))))}; "
             "run it with -m (gqa-sweep -m model.n_kv_heads=all)"
         )
     try:
-        ModelConfig(**model_config(resolved(cfg), vocab_size=256))
+        model_shape(cfg)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
-    lr = cfg.optim.lr
+    lr = cfg["optim"]["lr"]
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
-    z = cfg.optim.get("z_loss", 0.0)
+    z = cfg["optim"].get("z_loss", 0.0)
     if not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
         raise ConfigError(f"optim.z_loss={z} must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4")
-    if not isinstance(cfg.trainer.max_steps, int) or cfg.trainer.max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps} must be a positive integer")
-    validate_decode(cfg)
-    init = cfg.init
-    if init.method != "scratch" and m.get("attention", "gqa") != "gqa":
-        raise ConfigError(f"init.method={init.method} converts MHA K/V heads to GQA; model.attention="
-                          f"{m.attention} trains from scratch: drop init.method or use model.attention=gqa")
-    if init.method not in INIT_METHODS:
-        raise ConfigError(f"init.method={init.method!r}; choose from {', '.join(INIT_METHODS)}")
-    if init.method != "scratch" and init.checkpoint is None and not init.parent_steps:
-        raise ConfigError(f"init.method={init.method} needs init.checkpoint=PATH or init.parent_steps=S")
-    if init.checkpoint is not None and init.method == "scratch":
-        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
-    if init.checkpoint is not None and not Path(to_absolute_path(init.checkpoint)).exists():
-        raise ConfigError(f"init.checkpoint={init.checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
-    if init.alpha is not None and (not init.parent_steps or init.alpha < 0):
-        raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
+    steps = cfg["trainer"]["max_steps"]
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
+        raise ConfigError(f"trainer.max_steps={steps} must be a positive integer")
+    validate_decode(cfg["metrics"])
+    validate_init(cfg["init"], m.get("attention", "gqa"))
     if cfg.get("progress", "auto") not in ("auto", "bar", "lines"):
-        raise ConfigError(f"progress={cfg.progress!r}; choose progress=auto, progress=bar or progress=lines")
-    if cfg.logger.kind not in ("none", "csv", "wandb"):
-        raise ConfigError(f"logger.kind={cfg.logger.kind!r}; choose logger=none, logger=csv or logger=wandb")
+        raise ConfigError(f"progress={cfg['progress']!r}; choose progress=auto, progress=bar or progress=lines")
+    if cfg["logger"]["kind"] not in ("none", "csv", "wandb"):
+        raise ConfigError(f"logger.kind={cfg['logger']['kind']!r}; choose logger=none, logger=csv or logger=wandb")
 
 
-def validate_decode(cfg: DictConfig) -> None:
-    m = cfg.metrics
+def validate_init(init: dict, attention: str) -> None:
+    method, checkpoint, alpha = init["method"], init.get("checkpoint"), init.get("alpha")
+    if method != "scratch" and attention != "gqa":
+        raise ConfigError(f"init.method={method} converts MHA K/V heads to GQA; model.attention="
+                          f"{attention} trains from scratch: drop init.method or use model.attention=gqa")
+    if method not in INIT_METHODS:
+        raise ConfigError(f"init.method={method!r}; choose from {', '.join(INIT_METHODS)}")
+    if method != "scratch" and checkpoint is None and not init.get("parent_steps"):
+        raise ConfigError(f"init.method={method} needs init.checkpoint=PATH or init.parent_steps=S")
+    if checkpoint is not None and method == "scratch":
+        raise ConfigError("init.checkpoint is converted, not trained from scratch; add init.method=mean|first|random")
+    if checkpoint is not None and not Path(to_absolute_path(checkpoint)).exists():
+        raise ConfigError(f"init.checkpoint={checkpoint} does not exist; pass a model.pt, .ckpt or HF Llama dir")
+    if alpha is not None and (not init.get("parent_steps") or alpha < 0):
+        raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
+
+
+def validate_decode(m: dict) -> None:
     for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
         if not isinstance(m[key], int) or m[key] < 1:
             raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
     if m.get("decode_fill_cache", False) not in (True, False):
-        raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
-
-
-def results_dir(cfg: DictConfig) -> Path:
-    return Path(to_absolute_path(str(cfg.results_dir)))
+        raise ConfigError(f"metrics.decode_fill_cache={m['decode_fill_cache']} must be true or false")

@@ -7,6 +7,7 @@ Both sides import it, so the sweep never imports the run and the run never impor
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -16,21 +17,11 @@ from datetime import datetime, timezone
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from gqa_sweep.config import (
-    ConfigError,
-    ModelConfig,
-    max_steps_of,
-    model_config,
-    non_embedding_params,
-    normalised,
-    resolved,
-    results_dir,
-    run_id_of,
-    run_name,
-    validate,
-)
+from gqa_sweep.config import ConfigError, normalised, run_id_of, validate
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.spec import CORPUS_ORDER, check_data
+from gqa_sweep.model.shape import non_embedding_params
+from gqa_sweep.spec import RunSpec, build_spec, max_steps_of, resolved
 from gqa_sweep.store.results import ResultsStore, StoreError
 from gqa_sweep.train.precision import resolve_precision
 
@@ -43,51 +34,68 @@ DONE = ("completed", "diverged")  # a run in one of these states is not trained 
 class RunPlan:
     """What a sweep (or a single run) will do with one job."""
 
-    cfg: DictConfig
-    config: dict  # the computation: resolved config, precision resolved, no-op settings normalised
+    spec: RunSpec
     overrides: list[str] | None
-    run_id: str
-    name: str
-    results_dir: str
     status: str | None  # the run's status in the store, None if it is not there
     stored_id: str | None = None  # the id it is stored under: run_id, or the id an older version gave it
     same_as: int | None = None  # an earlier job of the same sweep computes the same run (its 1-based number)
+    preview: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return self.spec.run_id
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def results_dir(self) -> str:
+        return self.spec.results_dir
 
     @property
     def skip(self) -> bool:
-        return self.same_as is not None or (self.status in DONE and not self.cfg.force)
+        return self.same_as is not None or (self.status in DONE and not self.spec.force)
 
     @property
     def store(self) -> ResultsStore:
         return ResultsStore(self.results_dir)
 
 
-def check_inputs(cfg: DictConfig) -> None:
+def check_inputs(config: dict) -> None:
     """Every check that needs neither torch nor data prepared; raises ConfigError naming the fix."""
-    validate(cfg)
-    d = resolved(cfg)["data"]
+    validate(config)
+    d = dict(config["data"])
     if d.get("path"):
         d["path"] = to_absolute_path(str(d["path"]))
     try:  # the data's torch-free checks: paths, tokenizer files, columns, MQAR's generator constraints
-        check_data({**d, "max_steps": max(1, max_steps_of(resolved(cfg)))})
+        check_data({**d, "max_steps": max(1, max_steps_of(config))})
     except DataError as e:
         raise ConfigError(str(e)) from None
     try:
-        ResultsStore(results_dir(cfg)).check_writable()
+        ResultsStore(to_absolute_path(str(config["results_dir"]))).check_writable()
     except StoreError as e:
         raise ConfigError(str(e)) from None
 
 
-def planned_config(cfg: DictConfig) -> dict:
+def planned_config(config: dict) -> tuple[dict, str]:
     """The run's computation as plain data: `trainer.precision=auto` resolved for this device, a corpus's batch
-    order version added (data.spec.CORPUS_ORDER), settings that change nothing normalised (config.normalised).
-    Its hash is the run id."""
-    config = resolved(cfg)
+    order version added (data.spec.CORPUS_ORDER); and why `auto` fell back to fp32 ("" if it did not).
+    build_spec normalises it; its hash is the run id."""
+    config = copy.deepcopy(config)
     trainer = config["trainer"]
-    trainer["precision"], _ = resolve_precision(trainer["precision"], trainer.get("accelerator", "cpu"))
+    trainer["precision"], why = resolve_precision(trainer["precision"], trainer.get("accelerator", "cpu"))
     if config["data"].get("source") != "mqar":
         config["data"]["order"] = CORPUS_ORDER  # the batch order is part of what a corpus run computes
-    return normalised(config)
+    return config, why
+
+
+def spec_of(cfg: DictConfig) -> RunSpec:
+    """Check a job's config and build its spec: the one place Hydra's config is read."""
+    config = resolved(cfg)
+    check_inputs(config)
+    planned, why = planned_config(config)
+    return build_spec(planned, precision_note=why)
 
 
 def stored_identity(config_json: str | None, precision: str | None) -> str | None:
@@ -118,26 +126,25 @@ def plan_job(cfg: DictConfig, overrides: list[str] | None = None,
              index: dict[str, tuple[str, str]] | None = None) -> RunPlan:
     """Check one job and find its computation in the store (under its id, or an older version's);
     `index` (store_index) saves a sweep from scanning the store once per job."""
-    check_inputs(cfg)
-    config = planned_config(cfg)
-    run_id, store = run_id_of(config), ResultsStore(results_dir(cfg))
-    stored_id, status = run_id, store.status(run_id)
+    return plan_spec(spec_of(cfg), overrides, index, preview=bool(cfg.get("preview", False)))
+
+
+def plan_spec(spec: RunSpec, overrides: list[str] | None = None,
+              index: dict[str, tuple[str, str]] | None = None, preview: bool = False) -> RunPlan:
+    store = ResultsStore(spec.results_dir)
+    stored_id, status = spec.run_id, store.status(spec.run_id)
     if status is None:
-        stored_id, status = (index if index is not None else store_index(store)).get(run_id, (None, None))
-    return RunPlan(cfg, config, overrides, run_id, run_name(config), str(store.dir), status, stored_id)
+        stored_id, status = (index if index is not None else store_index(store)).get(spec.run_id, (None, None))
+    return RunPlan(spec, overrides, status, stored_id, preview=preview)
 
 
 def job_cost(plan: RunPlan) -> tuple[str, int, float]:
     """(model shape, steps, work) of a job: the ETA scales runs of one shape by steps, across shapes by work
     (steps x tokens per step x non-embedding parameters, a FLOPs proxy)."""
-    c = plan.config
-    m, d, steps = c["model"], c["data"], max(1, max_steps_of(c))
-    shape = f"L{m['n_layers']}-d{m['d_model']}-H{m['n_heads']}-T{d['block_size']}-B{d['batch_size']}"
-    try:
-        n = non_embedding_params(ModelConfig(**model_config(c, vocab_size=256)))
-    except (ValueError, TypeError):
-        n = 1
-    return shape, steps, float(steps) * d["batch_size"] * d["block_size"] * n
+    s = plan.spec
+    m, steps = s.model, max(1, s.max_steps)
+    shape = f"L{m.n_layers}-d{m.d_model}-H{m.n_heads}-T{s.data['block_size']}-B{s.data['batch_size']}"
+    return shape, steps, float(steps) * s.tokens_per_step * non_embedding_params(s.model_at(256))
 
 
 def announce_jobs(plans: list[RunPlan]) -> None:

@@ -6,7 +6,6 @@ shown (`preview=true`) or the jobs already in the store are skipped, and only th
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +13,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from gqa_sweep.config import ConfigError, divisors, resolved, results_dir
-from gqa_sweep.plan import RunPlan, plan_job, store_index
+from gqa_sweep.config import ConfigError
+from gqa_sweep.model.shape import divisors
+from gqa_sweep.plan import RunPlan, plan_spec, spec_of, store_index
+from gqa_sweep.spec import data_key
 from gqa_sweep.store.results import ResultsStore, load_runs
 
 KV_KEY = "model.n_kv_heads"
@@ -43,10 +44,10 @@ def plan_sweep(jobs: list[list[str]], job_config: Callable[[list[str]], DictConf
     plans, indexes = [], {}
     for overrides in expand_all(jobs, job_config):
         cfg = job_config(overrides)
-        rdir = str(results_dir(cfg))
-        if rdir not in indexes:
-            indexes[rdir] = store_index(ResultsStore(rdir))
-        plans.append(plan_job(cfg, overrides, indexes[rdir]))
+        spec = spec_of(cfg)
+        if spec.results_dir not in indexes:
+            indexes[spec.results_dir] = store_index(ResultsStore(spec.results_dir))
+        plans.append(plan_spec(spec, overrides, indexes[spec.results_dir], preview=bool(cfg.preview)))
     first: dict[tuple[str, str], int] = {}
     for i, p in enumerate(plans, 1):  # two spellings of one computation (param_match=ffn at G = H): trained once
         key = (p.results_dir, p.run_id)
@@ -62,8 +63,8 @@ def label_reused(plans: list[RunPlan]) -> None:
     logger=wandb a summary-only run in this sweep's wandb group (job_type `reused`)."""
     for p in plans:
         if p.skip and p.stored_id is not None:
-            p.store.add_sweep(p.stored_id, p.cfg.sweep)
-            if p.cfg.logger.kind == "wandb":
+            p.store.add_sweep(p.stored_id, p.spec.sweep)
+            if p.spec.logger["kind"] == "wandb":
                 log_reused_to_wandb(p)
 
 
@@ -73,10 +74,10 @@ def log_reused_to_wandb(plan: RunPlan) -> None:
     from gqa_sweep.run.loggers import wandb_mode
 
     row = plan.store.get(plan.stored_id) or {}
-    logger = plan.cfg.logger
-    wandb.init(project=logger.project, entity=logger.entity, group=plan.cfg.sweep, name=plan.name,
-               job_type="reused", tags=list(logger.tags), config={**plan.config, "run_id": plan.stored_id},
-               dir=plan.results_dir, mode=wandb_mode(logger.mode))
+    logger, spec = plan.spec.logger, plan.spec
+    wandb.init(project=logger["project"], entity=logger["entity"], group=spec.sweep, name=plan.name,
+               job_type="reused", tags=list(logger["tags"]), config={**spec.config, "run_id": plan.stored_id},
+               dir=plan.results_dir, mode=wandb_mode(logger["mode"]))
     wandb.run.summary.update({k: v for k, v in row.items() if k != "config" and v is not None and v == v})
     wandb.finish()
 
@@ -87,9 +88,9 @@ def prepare_data(plans: list[RunPlan]) -> None:
 
     prepared = set()
     for p in plans:
-        key = json.dumps(resolved(p.cfg)["data"], sort_keys=True)
+        key = data_key(p.spec)
         if key not in prepared:
-            build_data(p.cfg)
+            build_data(p.spec)
             prepared.add(key)
 
 
@@ -172,7 +173,7 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            plan = plan_job(config)
+            plan = plan_spec(spec_of(config), preview=bool(config.preview))
             if config.preview:
                 print_preview([plan])
                 raise SystemExit(0)

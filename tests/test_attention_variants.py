@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.config import ModelConfig, matched_d_ff, non_embedding_params, run_id_of
+from gqa_sweep.config import run_id_of
 from gqa_sweep.model.attention import (
     GQAAttention,
     GTAAttention,
@@ -15,6 +15,7 @@ from gqa_sweep.model.attention import (
     TiedCache,
 )
 from gqa_sweep.model.kv_formula import kv_elements_per_layer
+from gqa_sweep.model.shape import ModelConfig, matched_d_ff, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
 
 BLOCK = 48
@@ -82,7 +83,8 @@ def test_defaults_follow_deepseek_v2_and_mla_has_no_groups() -> None:
 def test_default_sweep_run_ids_are_unchanged_by_the_new_model_keys() -> None:
     from hydra import compose, initialize_config_dir
 
-    from gqa_sweep.config import IDENTITY_DEFAULTS, resolved
+    from gqa_sweep.config import IDENTITY_DEFAULTS
+    from gqa_sweep.spec import resolved
     from tests.conftest import ROOT
 
     ids, before = {}, {}

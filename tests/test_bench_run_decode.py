@@ -59,11 +59,11 @@ def test_bad_decode_settings_fail_before_training(override: str, message: str, t
     ],
 )
 def test_decode_plan_fits_the_block(block: int, new: int, prompt: int, fill: bool, expected: tuple) -> None:
-    from omegaconf import OmegaConf
+    from types import SimpleNamespace
 
     from gqa_sweep.run.measure import decode_plan
 
-    cfg = OmegaConf.create({"data": {"block_size": block}, "metrics": {
-        "decode_batch": 8, "decode_new_tokens": new, "decode_prompt_tokens": prompt, "decode_fill_cache": fill}})
+    cfg = SimpleNamespace(data={"block_size": block}, metrics={
+        "decode_batch": 8, "decode_new_tokens": new, "decode_prompt_tokens": prompt, "decode_fill_cache": fill})
     assert decode_plan(cfg) == expected
     assert sum(decode_plan(cfg)[1:]) <= block

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gqa_sweep.config import ModelConfig
 from gqa_sweep.model.kv import main
 from gqa_sweep.model.kv_variants import variant_table
+from gqa_sweep.model.shape import ModelConfig
 
 DEEPSEEK_V2 = ["--attention", "mla", "--layers", "60", "--heads", "128", "--head-dim", "128",
                "--kv-lora-rank", "512", "--rope-dim", "64", "--dtype", "bf16"]  # fmt: skip

@@ -67,14 +67,15 @@ def test_no_layouts_table_for_uniform_runs_only(tmp_path):
 def test_kv_budget_layouts_spend_the_same_kv_bytes_per_token():
     from hydra import compose, initialize_config_dir
 
-    from gqa_sweep.config import ModelConfig, model_config, resolved
+    from gqa_sweep.config import model_shape
+    from gqa_sweep.spec import resolved
     from tests.conftest import ROOT
 
     bytes_per_token, params = {}, {}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         for layout in ("uniform", "front", "back", "fewer_wider", "more_narrower"):
             cfg = compose("config", overrides=["experiment=kv_budget", f"kv_layout={layout}"], return_hydra_config=False)
-            model = ModelConfig(**model_config(resolved(cfg), vocab_size=65))
+            model = model_shape(resolved(cfg))
             bytes_per_token[layout] = model.kv_bytes_per_token(4)
             params[layout] = model.kv_layout, model.d_head
         sweep = compose("config", overrides=["experiment=kv_budget"], return_hydra_config=True).hydra.sweeper.params

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gqa_sweep.config import ModelConfig, divisors, matched_d_ff, non_embedding_params
+from gqa_sweep.model.shape import ModelConfig, divisors, matched_d_ff, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
 
 SHAPES = [  # (n_layers, d_model, n_heads, extras)

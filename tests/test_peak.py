@@ -235,18 +235,22 @@ def test_gqa_bench_peak_prints_and_writes_the_table(tmp_path, monkeypatch, capsy
 
 
 def test_precision_auto_falls_back_to_fp32_without_native_bf16(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
+    from hydra import compose, initialize_config_dir
 
-    from gqa_sweep.run import build as train
+    from gqa_sweep import plan
+    from gqa_sweep.train import precision
+    from tests.conftest import ROOT
 
-    for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
-        monkeypatch.setattr(train, "native_bf16", lambda acc, n=native: (n, "" if n else "this CPU has no native bf16"))
-        cfg = OmegaConf.create({"trainer": {"precision": "auto", "accelerator": "cpu"}})
-        train.resolve_precision(cfg)
-        assert cfg.trainer.precision == expected
-    cfg = OmegaConf.create({"trainer": {"precision": "bf16-mixed", "accelerator": "cpu"}})
-    train.resolve_precision(cfg)  # an explicit precision is kept as is
-    assert cfg.trainer.precision == "bf16-mixed"
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        for native, expected in ((False, "32-true"), (True, "bf16-mixed")):
+            why = "" if native else "this CPU has no native bf16"
+            monkeypatch.setattr(precision, "native_bf16", lambda acc, n=native, w=why: (n, w))
+            spec = plan.spec_of(compose("config", overrides=["trainer.precision=auto", f"results_dir={tmp_path}"]))
+            assert (spec.trainer.precision, spec.trainer.precision_note) == (expected, why)
+            assert spec.config["trainer"]["precision"] == expected  # the computation (and its id) records it
+        # an explicit precision is kept as is
+        spec = plan.spec_of(compose("config", overrides=["trainer.precision=bf16-mixed", f"results_dir={tmp_path}"]))
+        assert (spec.trainer.precision, spec.trainer.precision_note) == ("bf16-mixed", "")
 
 
 def test_native_bf16_reads_the_cpu_flags():

@@ -54,12 +54,13 @@ def test_lr_rule_is_the_least_squares_power_law_of_the_grid():
 def test_experiment_composes_every_size_and_every_g():
     from hydra import compose, initialize_config_dir
 
-    from gqa_sweep.config import ModelConfig, model_config, resolved
+    from gqa_sweep.config import model_shape
+    from gqa_sweep.spec import resolved
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         for s in ladder.sizes():
             cfg = compose("config", overrides=["experiment=ladder", f"ladder={s.label}", "data.path=x.txt"])
-            model = ModelConfig(**model_config(resolved(cfg), vocab_size=ladder.VOCAB))
+            model = model_shape(resolved(cfg))
             assert (model.n_layers, model.d_model, model.d_head, cfg.model.name) == (
                 s.n_layers, s.d_model, ladder.D_HEAD, f"ladder-{s.label}")
             assert (cfg.trainer.max_steps, cfg.optim.lr, cfg.optim.warmup_steps) == (s.max_steps, s.lr,

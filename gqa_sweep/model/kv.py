@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# Bytes per cached element. int4 packs two values per byte.
-DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+from gqa_sweep.model.kv_formula import DTYPE_BYTES, divisors, kv_elements_per_layer
 
 _DECIMAL_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _BINARY_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -59,11 +58,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def divisors(n: int) -> list[int]:
-    """Divisors of n in increasing order (model.py has the same helper, but importing it pulls in torch)."""
-    return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def dtype_bytes(dtype: str) -> float:
     """Bytes per element of a cache dtype name; ValueError naming the valid names."""
     if dtype not in DTYPE_BYTES:
@@ -87,7 +81,7 @@ def kv_cache_bytes(
     _check_positive(n_kv_heads=n_kv_heads, d_head=d_head, n_layers=n_layers, seq_len=seq_len, batch_size=batch_size)
     if bytes_per_element <= 0:
         raise ValueError(f"bytes_per_element must be positive, got {bytes_per_element!r}")
-    elements = 2 * n_kv_heads * d_head * n_layers * seq_len * batch_size
+    elements = kv_elements_per_layer("gqa", n_kv_heads, d_head) * n_layers * seq_len * batch_size
     return math.ceil(elements * bytes_per_element)
 
 

@@ -1,4 +1,5 @@
-"""Elements one token caches in one layer, per attention type: the single formula behind every KV byte count.
+"""Elements one token caches in one layer, per attention type: the single formula behind every KV byte count,
+with the two facts every count needs (the G that divide H, the bytes of a cache dtype).
 
     gqa (MHA at G = H, MQA at G = 1):  2 * G * d_head          K and V of G heads
     gta (grouped-tied, arXiv 2505.21487 §3.3.1):  G * d_head + d_R   one tied K/V state per group + one RoPE key
@@ -10,6 +11,14 @@ Imports nothing (neither torch nor the package), so `gqa-kv` and the config chec
 from __future__ import annotations
 
 ATTENTIONS = ("gqa", "gta", "mla")
+
+# Bytes per cached element. int4 packs two values per byte.
+DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+
+
+def divisors(n: int) -> list[int]:
+    """The G a model of n heads can take, in increasing order (1 = MQA ... n = MHA)."""
+    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def kv_elements_per_layer(attention: str, n_kv_heads: int | None, d_head: int, rope_dim: int | None = None,

@@ -11,11 +11,7 @@ import math
 
 import pandas as pd
 
-from gqa_sweep.model.kv_formula import kv_elements_per_layer
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+from gqa_sweep.model.kv_formula import divisors, kv_elements_per_layer
 
 
 def variant_table(attention: str, n_layers: int, n_heads: int, d_head: int, seq_len: int, batch_size: int,

@@ -5,15 +5,11 @@ arithmetic that param matching needs. Torch-free; the run's config (gqa_sweep.co
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from gqa_sweep.model.kv_formula import ATTENTIONS, kv_elements_per_layer
+from gqa_sweep.model.kv_formula import ATTENTIONS, divisors, kv_elements_per_layer
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
-
-
-def divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
 
 
 def _check_kv_heads(G, H: int, layer: int | None = None) -> None:
@@ -31,7 +27,7 @@ def _check_kv_heads(G, H: int, layer: int | None = None) -> None:
 
 @dataclass
 class ModelConfig:
-    vocab_size: int
+    vocab_size: int | None  # None: a shape whose vocabulary its data sets later (RunSpec.model_at)
     block_size: int
     n_layers: int
     d_model: int
@@ -56,6 +52,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
         for name in ("vocab_size", "block_size", "n_layers", "d_model", "n_heads"):
+            if name == "vocab_size" and self.vocab_size is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if isinstance(G, (list, tuple)):
@@ -177,6 +175,8 @@ MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target cou
 
 def non_embedding_params(cfg: ModelConfig) -> int:
     """DecoderLM.num_params(non_embedding=True) from the shape alone (the token embedding is a lookup)."""
+    if cfg.vocab_size is None:
+        raise ValueError("non_embedding_params counts the lm_head: give the shape its vocabulary (vocab_size)")
     d, D, H = cfg.d_model, cfg.d_head, cfg.n_heads
     per_layer_fixed = 2 * d + 3 * d * cfg.d_ff  # two norms + SwiGLU
     if cfg.attention == "gqa":  # q, o + K/V of G_l heads (+ two d_head gains with qk_norm)
@@ -198,8 +198,8 @@ def matched_d_ff(cfg: ModelConfig) -> int:
     widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded
     to a multiple of 32 when that lands within 0.25 % of the target, else of 8, else to the nearest integer
     (then within 3 * d_model * n_layers / 2 parameters)."""
-    mha = non_embedding_params(ModelConfig(**{**cfg.to_dict(), "n_kv_heads": cfg.n_heads, "attention": "gqa",
-                                              **dict.fromkeys(MLA_KNOBS)}))  # fmt: skip
+    cfg = replace(cfg, vocab_size=cfg.vocab_size or 1)  # the lm_head is the same on both sides: any vocabulary
+    mha = non_embedding_params(replace(cfg, n_kv_heads=cfg.n_heads, attention="gqa", **dict.fromkeys(MLA_KNOBS)))
     per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff
     exact = cfg.d_ff + (mha - non_embedding_params(cfg)) / per_unit
     for multiple in (32, 8):

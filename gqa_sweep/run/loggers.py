@@ -6,7 +6,7 @@ import logging
 import os
 from pathlib import Path
 
-from omegaconf import DictConfig
+from gqa_sweep.spec import RunSpec
 
 log = logging.getLogger("gqa_sweep")
 
@@ -24,8 +24,9 @@ def wandb_mode(requested: str) -> str:
     return "online" if has_key else "offline"
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path, name: str, run_id: str, config: dict) -> list:
-    kind = cfg.logger.kind
+def build_loggers(spec: RunSpec, run_dir: Path) -> list:
+    logger = spec.logger
+    kind = logger["kind"]
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
@@ -33,19 +34,19 @@ def build_loggers(cfg: DictConfig, run_dir: Path, name: str, run_id: str, config
     if kind == "wandb":
         from lightning.pytorch.loggers import WandbLogger
 
-        mode = wandb_mode(cfg.logger.mode)
+        mode = wandb_mode(logger["mode"])
         if mode == "offline":
             log.info("wandb: no API key, logging offline; upload later with `wandb sync %s/wandb/offline-run-*`",
                      run_dir)
         os.environ.setdefault("WANDB_SILENT", "true")
         logger = WandbLogger(
-            project=cfg.logger.project,
-            entity=cfg.logger.entity,
-            group=cfg.sweep,
-            name=name,
+            project=logger["project"],
+            entity=logger["entity"],
+            group=spec.sweep,
+            name=spec.name,
             job_type="train",
-            tags=list(cfg.logger.tags),
-            config={**config, "run_id": run_id},
+            tags=list(logger["tags"]),
+            config={**spec.config, "run_id": spec.run_id},
             save_dir=str(run_dir),
             mode=mode,
         )

@@ -6,37 +6,37 @@ import copy
 import math
 
 import torch
-from omegaconf import DictConfig
 
 from gqa_sweep.model.kv import DTYPE_BYTES
+from gqa_sweep.spec import RunSpec
 from gqa_sweep.train.metrics import decode_tokens_per_s, device_name, flops_per_token, precision_dtype
 from gqa_sweep.train.module import LMModule
 from gqa_sweep.train.peak import correct_peak, mfu
 
 
-def decode_plan(cfg: DictConfig) -> tuple[int, int, int]:
+def decode_plan(spec: RunSpec) -> tuple[int, int, int]:
     """(batch, prompt, new tokens) of the per-run decode; the cache ends holding prompt + new tokens.
 
     New tokens are capped at half the block, so the default 64 also fits a short block (e.g. MQAR's 64).
     metrics.decode_fill_cache=true grows the prompt so the cache ends full (block_size tokens): the
     cache-bound setting where fewer KV heads pay off; otherwise the prompt is metrics.decode_prompt_tokens.
     """
-    block, m = int(cfg.data.block_size), cfg.metrics
-    new = min(int(m.decode_new_tokens), max(1, block // 2))
-    prompt = block - new if m.get("decode_fill_cache", False) else min(int(m.decode_prompt_tokens), block - new)
-    return int(m.decode_batch), prompt, new
+    block, m = int(spec.data["block_size"]), spec.metrics
+    new = min(int(m["decode_new_tokens"]), max(1, block // 2))
+    prompt = block - new if m.get("decode_fill_cache", False) else min(int(m["decode_prompt_tokens"]), block - new)
+    return int(m["decode_batch"]), prompt, new
 
 
-def measure(cfg: DictConfig, module: LMModule, dm, trainer, summary: dict) -> dict:
+def measure(spec: RunSpec, module: LMModule, dm, trainer, summary: dict) -> dict:
     """Per-run numbers taken after training: FLOPs, MFU, KV bytes, decode speed."""
     device = trainer.strategy.root_device
     model = module.model
-    dtype = precision_dtype(cfg.trainer.precision)
+    dtype = precision_dtype(spec.trainer.precision)
     kv_dtype = dtype if dtype in ("bf16", "fp16") else "fp32"
-    fpt = flops_per_token(model, int(cfg.data.block_size))
+    fpt = flops_per_token(model, int(spec.data["block_size"]))
     achieved = summary["train_tokens_per_s"] * fpt
     peak = correct_peak(device, dtype, achieved)  # re-measured when this run beat it: mfu <= 1 by construction
-    batch, prompt_tokens, new = decode_plan(cfg)
+    batch, prompt_tokens, new = decode_plan(spec)
     out = {
         "device": device_name(device),
         "flops_per_token": fpt,

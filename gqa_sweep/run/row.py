@@ -13,10 +13,8 @@ import traceback
 from datetime import datetime, timezone
 
 import torch
-from omegaconf import DictConfig
 
-from gqa_sweep.config import max_steps_of
-from gqa_sweep.plan import RunPlan
+from gqa_sweep.spec import RunSpec
 from gqa_sweep.train.module import LMModule
 
 
@@ -34,47 +32,47 @@ class Clock:
         return time.perf_counter() - self.t0
 
 
-def describe_run(cfg: DictConfig, plan: RunPlan, module: LMModule, dm, parent_id: str | None, clock: Clock) -> dict:
+def describe_run(spec: RunSpec, module: LMModule, dm, parent_id: str | None, clock: Clock) -> dict:
     """The columns that say what the run is: known before it trains, kept in a failure row too."""
     m = module.model.cfg
     return {
-        "run_id": plan.run_id,
-        "run_name": plan.name,
-        "sweep": cfg.sweep,
-        "model_name": cfg.model.name,
+        "run_id": spec.run_id,
+        "run_name": spec.name,
+        "sweep": spec.sweep,
+        "model_name": spec.model_name,
         "attention": m.attention,
-        "n_heads": cfg.model.n_heads,
+        "n_heads": m.n_heads,
         "n_kv_heads": m.kv_groups if m.uniform else None,  # MLA: none (one latent per token, no G)
         "kv_layout": m.kv_layout if m.attention != "mla" else None,
         "group_size": m.group_size if m.attention != "mla" else None,
         "kv_lora_rank": m.kv_lora_rank if m.attention == "mla" else None,
         "rope_dim": m.rope_dim if m.attention != "gqa" else None,
-        "n_layers": cfg.model.n_layers,
-        "d_model": cfg.model.d_model,
+        "n_layers": m.n_layers,
+        "d_model": m.d_model,
         "d_head": m.d_head,
         "d_ff": m.d_ff,
-        "param_match": cfg.model.get("param_match", "none"),
+        "param_match": spec.param_match,
         "vocab_size": dm.vocab_size_actual,
         "n_params": module.model.num_params(),
         "n_params_non_embedding": module.model.num_params(non_embedding=True),
-        "seed": cfg.seed,
-        "lr": cfg.optim.lr,
-        "batch_size": int(cfg.data.batch_size),
-        "block_size": int(cfg.data.block_size),
-        "max_steps": max_steps_of(plan.config),
+        "seed": spec.seed,
+        "lr": spec.optim["lr"],
+        "batch_size": int(spec.data["batch_size"]),
+        "block_size": int(spec.data["block_size"]),
+        "max_steps": spec.max_steps,
         "data_name": dm.name,
         "data_train_tokens": getattr(dm, "train_tokens", None),  # MQAR: none (generated examples)
         "tokenizer": dm.tokenizer_label,
-        "precision": str(cfg.trainer.precision),
-        "sdpa_backend": cfg.model.sdpa_backend,
-        "qk_norm": bool(cfg.model.qk_norm),
-        "z_loss": float(cfg.optim.z_loss),
-        "init": "scratch" if cfg.init.method == "scratch" else f"mha_{cfg.init.method}",
-        "alpha": cfg.init.alpha,
+        "precision": spec.trainer.precision,
+        "sdpa_backend": m.sdpa_backend,
+        "qk_norm": bool(m.qk_norm),
+        "z_loss": float(spec.optim.get("z_loss", 0.0)),
+        "init": spec.init.label,
+        "alpha": spec.init.alpha,
         "parent_run_id": parent_id,
         "torch_version": torch.__version__,
         "host": socket.gethostname(),
-        "config": plan.config,
+        "config": spec.config,
         "started_at": clock.started_at,
     }
 

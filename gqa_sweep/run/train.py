@@ -11,14 +11,14 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gqa_sweep.config import max_steps_of
-from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job
-from gqa_sweep.run.build import build_data, build_module, build_run_dir, resolve_precision, seed_and_threads
+from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job, plan_spec
+from gqa_sweep.run.build import build_data, build_module, build_run_dir, seed_and_threads
 from gqa_sweep.run.loggers import build_loggers, finish_wandb
 from gqa_sweep.run.measure import measure
 from gqa_sweep.run.row import Clock, describe_run, failed_row, finished_row, run_line
 from gqa_sweep.run.trainer import build_metrics, build_trainer
 from gqa_sweep.run.weights import initial_weights
+from gqa_sweep.spec import RunSpec
 from gqa_sweep.train.checkpoint import save_model
 
 log = logging.getLogger("gqa_sweep")
@@ -26,28 +26,36 @@ log = logging.getLogger("gqa_sweep")
 
 def run(cfg: DictConfig) -> dict:
     """Train one model and write its row; returns the row (or the stored one when skipped)."""
-    plan = plan_job(cfg)
+    return run_plan(plan_job(cfg))
+
+
+def run_spec(spec: RunSpec) -> dict:
+    """Run a spec built by the planner (an uptraining run's MHA parent)."""
+    return run_plan(plan_spec(spec))
+
+
+def run_plan(plan: RunPlan) -> dict:
+    spec = plan.spec
     if plan.skip:
         log.info("skip %s (%s): already %s in %s; force=true reruns it", plan.name, plan.stored_id, plan.status,
                  plan.store.path)
-        plan.store.add_sweep(plan.stored_id, cfg.sweep)
+        plan.store.add_sweep(plan.stored_id, spec.sweep)
         return plan.store.get(plan.stored_id)
     announce_run(plan)
-    resolve_precision(cfg)
     clock = Clock()
-    seed_and_threads(cfg)
-    dm = build_data(cfg)
-    module = build_module(cfg, dm)
-    parent_id = initial_weights(cfg, module, train_parent=run) if cfg.init.method != "scratch" else None
-    run_dir = build_run_dir(cfg, plan.run_id, dm)
-    metrics = build_metrics(cfg, dm.vocab_size_actual)
-    loggers = build_loggers(cfg, run_dir, plan.name, plan.run_id, plan.config)
-    trainer = build_trainer(cfg, run_dir, plan.name, metrics, loggers)
-    base = describe_run(cfg, plan, module, dm, parent_id, clock)
+    seed_and_threads(spec)
+    dm = build_data(spec)
+    module = build_module(spec, dm)
+    parent_id = initial_weights(spec, module, train_parent=run_spec) if spec.init.method != "scratch" else None
+    run_dir = build_run_dir(spec, dm)
+    metrics = build_metrics(spec, dm.vocab_size_actual)
+    loggers = build_loggers(spec, run_dir)
+    trainer = build_trainer(spec, run_dir, metrics, loggers)
+    base = describe_run(spec, module, dm, parent_id, clock)
     row = None
     try:
-        summary, val_loss = train_and_validate(trainer, module, dm, metrics, run_dir / "last.ckpt", base["max_steps"])
-        row = finished_row(base, summary, measure(cfg, module, dm, trainer, summary), val_loss, module, dm, trainer,
+        summary, val_loss = train_and_validate(trainer, module, dm, metrics, run_dir / "last.ckpt", spec.max_steps)
+        row = finished_row(base, summary, measure(spec, module, dm, trainer, summary), val_loss, module, dm, trainer,
                            clock)
         if trainer.is_global_zero:
             record_run(plan, row, metrics, module, run_dir)
@@ -70,8 +78,10 @@ def announce_run(plan: RunPlan) -> None:
     where = ""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN and os.environ.get(TOTAL_ENV):
         where = f" {HydraConfig.get().job.num + 1}/{os.environ[TOTAL_ENV]}"
-    log.info("run%s: %s (%s), %d steps -> %s", where, plan.name, plan.run_id, max_steps_of(plan.config),
+    log.info("run%s: %s (%s), %d steps -> %s", where, plan.name, plan.run_id, plan.spec.max_steps,
              plan.results_dir)
+    if plan.spec.trainer.precision_note:
+        log.info("trainer.precision=auto: %s: training in fp32 (32-true)", plan.spec.trainer.precision_note)
 
 
 def train_and_validate(trainer, module, dm, metrics, ckpt: Path, steps: int) -> tuple[dict, float]:

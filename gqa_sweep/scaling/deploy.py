@@ -23,8 +23,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from gqa_sweep.config import ModelConfig, non_embedding_params
 from gqa_sweep.model.kv import divisors, dtype_bytes, kv_cache_bytes
+from gqa_sweep.model.shape import ModelConfig, non_embedding_params
 
 LAMBDA, A_EXP, B_EXP = 0.9, 0.5, 1.0 / 3.0
 D_HEAD = 128

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gqa_sweep.config import ModelConfig, non_embedding_params
+from gqa_sweep.model.shape import ModelConfig, non_embedding_params
 
 N_HEADS = 4
 D_HEAD = 16

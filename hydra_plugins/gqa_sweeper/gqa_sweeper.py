@@ -51,7 +51,7 @@ class GQASweeper(BasicSweeper):
         (jobs,) = BasicSweeper.split_arguments(overrides, None)
         try:
             plans = sweep.plan_sweep(jobs, self._job_config)
-            if plans and plans[0].cfg.preview:
+            if plans and plans[0].preview:
                 sweep.print_preview(plans)
                 raise _NothingToRun
             sweep.print_skips(plans)
