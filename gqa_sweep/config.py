@@ -124,6 +124,12 @@ def run_name(cfg: dict) -> str:
     return name
 
 
+def identify(cfg: dict) -> tuple[dict, str, str, ModelConfig]:
+    """A checked config's identity: (its normalised computation, run id, run name, model shape)."""
+    computation = normalised(cfg)
+    return computation, run_id_of(computation), run_name(computation), model_shape(computation)
+
+
 def model_shape(cfg: dict) -> ModelConfig:
     """The run's model shape, its vocabulary left to the data; `param_match=ffn` resolves to the matched d_ff."""
     m = {k: v for k, v in cfg["model"].items() if k not in ("name", "param_match")}

@@ -3,7 +3,7 @@
 Every step of the run (data, module, trainer, loggers, measurements, row), the callbacks and the sweep read
 the spec; none of them reads Hydra's config or resolves anything again. `build_spec` is the only place that
 resolves the config, derives the steps an uptraining run takes and turns relative paths absolute; the run id
-is the hash of the spec's `computation` (gqa_sweep.config.run_id_of).
+is the hash of the spec's `computation` (gqa_sweep.config.identify).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from gqa_sweep.config import model_shape, normalised, run_id_of, run_name
+from gqa_sweep.config import identify
 from gqa_sweep.model.shape import ModelConfig
 
 OWN_TRAINER_KEYS = ("accelerator", "precision", "compile", "num_threads", "ckpt_every_n_steps", "max_steps")
@@ -135,7 +135,7 @@ def build_spec(config: dict, precision_note: str = "") -> RunSpec:
     """The spec of a resolved, checked config whose `trainer.precision` is already resolved for its device
     (gqa_sweep.plan.planned_config). Settings that change nothing are normalised first (config.normalised),
     so two spellings of one computation get one spec and one id."""
-    computation = normalised(config)
+    computation, run_id, name, model = identify(config)
     c = computation
     t = dict(c["trainer"])
     if t["precision"] == "auto":
@@ -146,8 +146,8 @@ def build_spec(config: dict, precision_note: str = "") -> RunSpec:
     data["cache_dir"] = absolute(data.get("cache_dir", "cache"))
     init = c["init"]
     return RunSpec(
-        run_id=run_id_of(computation),
-        name=run_name(computation),
+        run_id=run_id,
+        name=name,
         sweep=str(c["sweep"]),
         results_dir=absolute(c["results_dir"]),
         force=bool(c.get("force", False)),
@@ -155,7 +155,7 @@ def build_spec(config: dict, precision_note: str = "") -> RunSpec:
         max_steps=max_steps_of(c),
         model_name=str(c["model"].get("name", "")),
         param_match=c["model"].get("param_match", "none"),
-        model=model_shape(c),
+        model=model,
         data=frozen(data),
         optim=frozen(c["optim"]),
         trainer=TrainerSpec(
