@@ -257,3 +257,19 @@ def test_flops_per_token_uses_mla_head_sizes() -> None:
     gqa, mla = model_of(), model_of(attention="mla", qk_nope_dim=8, v_dim=12, rope_dim=4)
     assert flops_per_token(gqa, 32) == 6 * gqa.num_params(non_embedding=True) + 12 * 2 * 4 * 16 * 32
     assert flops_per_token(mla, 32) == 6 * mla.num_params(non_embedding=True) + 6 * 2 * 4 * (8 + 4 + 12) * 32
+
+
+@pytest.mark.parametrize("attention", ["gqa", "gta", "mla"])
+def test_one_registry_names_each_types_module_cache_and_formulas(attention: str) -> None:
+    from gqa_sweep.model.attention import build_attention, new_cache
+    from gqa_sweep.model.kv_formula import ATTENTION_TYPES
+
+    kind = ATTENTION_TYPES[attention]
+    cfg = cfg_of(attention, q_lora_rank=16) if attention == "mla" else cfg_of(attention)
+    assert type(build_attention(cfg)).__name__ == kind.module
+    cache = new_cache(cfg, 2, "cpu", torch.float32)
+    assert type(cache).__name__ == kind.cache
+    assert cache.elements_per_token(0) == cfg.kv_elements_per_layer(0)  # the formula is what the cache holds
+    assert non_embedding_params(cfg) == DecoderLM(cfg).num_params(non_embedding=True)
+    with pytest.raises(ValueError, match="attention='xla'; choose from gqa, gta, mla"):
+        cfg_of("xla")

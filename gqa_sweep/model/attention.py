@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gqa_sweep.model.kv_formula import attention_type
 from gqa_sweep.model.layers import RMSNorm, apply_rope
 from gqa_sweep.model.shape import MLA_NORM_EPS, ModelConfig
 
@@ -123,7 +124,7 @@ class LatentCache(Cache):
 
 
 def new_cache(cfg: ModelConfig, batch_size: int, device, dtype) -> Cache:
-    return {"gqa": KVCache, "gta": TiedCache, "mla": LatentCache}[cfg.attention](cfg, batch_size, device, dtype)
+    return globals()[attention_type(cfg.attention).cache](cfg, batch_size, device, dtype)
 
 
 # ---------------------------------------------------------------- attention
@@ -349,4 +350,5 @@ class MLAAttention(AttentionBase):
 
 
 def build_attention(cfg: ModelConfig, layer: int = 0) -> AttentionBase:
-    return {"gqa": GQAAttention, "gta": GTAAttention, "mla": MLAAttention}[cfg.attention](cfg, layer)
+    """The type's module, named in the registry (gqa_sweep/model/kv_formula.py ATTENTION_TYPES)."""
+    return globals()[attention_type(cfg.attention).module](cfg, layer)

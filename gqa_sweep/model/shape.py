@@ -7,7 +7,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from gqa_sweep.model.kv_formula import ATTENTIONS, divisors, kv_elements_per_layer
+from gqa_sweep.model.kv_formula import (
+    MLA_KNOBS,
+    attention_type,
+    divisors,
+    kv_elements_per_layer,
+)
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
@@ -91,9 +96,7 @@ class ModelConfig:
     def _check_attention(self) -> None:
         """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
         a, D = self.attention, self.d_head
-        if a not in ATTENTIONS:
-            raise ValueError(f"attention={a!r}; choose from {', '.join(ATTENTIONS)}")
-        own = {"gqa": (), "gta": ("rope_dim",), "mla": MLA_KNOBS}[a]
+        own = attention_type(a).knobs
         for name in MLA_KNOBS:
             value = getattr(self, name)
             if name not in own and value is not None:
@@ -167,7 +170,6 @@ class ModelConfig:
         return asdict(self)
 
 
-MLA_KNOBS = ("rope_dim", "kv_lora_rank", "q_lora_rank", "qk_nope_dim", "v_dim")
 MLA_NORM_EPS = 1e-6  # DeepseekV3's two latent RMSNorms hard-code it; ours match, so the export is exact
 PARAM_MATCH = ("none", "ffn")
 MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target count by at most 0.25 %
@@ -177,20 +179,10 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     """DecoderLM.num_params(non_embedding=True) from the shape alone (the token embedding is a lookup)."""
     if cfg.vocab_size is None:
         raise ValueError("non_embedding_params counts the lm_head: give the shape its vocabulary (vocab_size)")
-    d, D, H = cfg.d_model, cfg.d_head, cfg.n_heads
-    per_layer_fixed = 2 * d + 3 * d * cfg.d_ff  # two norms + SwiGLU
-    if cfg.attention == "gqa":  # q, o + K/V of G_l heads (+ two d_head gains with qk_norm)
-        per_layer_fixed += 2 * H * D * d + (2 * D if cfg.qk_norm else 0)
-        attn = sum(2 * G * D * d for G in cfg.kv_heads_per_layer)
-    elif cfg.attention == "gta":  # q, o + one tied state of G_l heads + the single-head RoPE key
-        per_layer_fixed += 2 * H * D * d + cfg.rope_dim * d
-        attn = sum(G * D * d for G in cfg.kv_heads_per_layer)
-    else:  # mla: q (plain or through its normalised latent), the KV latent + k_R, its norm, up-projection, o
-        dn, dr, dc, dv, rq = cfg.qk_nope_dim, cfg.rope_dim, cfg.kv_lora_rank, cfg.v_dim, cfg.q_lora_rank
-        q = H * (dn + dr) * d if rq is None else d * rq + rq + rq * H * (dn + dr)
-        per_layer_fixed += q + d * (dc + dr) + dc + dc * H * (dn + dv) + H * dv * d
-        attn = 0
-    return cfg.n_layers * per_layer_fixed + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
+    d = cfg.d_model
+    norms_and_mlp = cfg.n_layers * (2 * d + 3 * d * cfg.d_ff)  # two norms + SwiGLU per layer
+    attn = sum(attention_type(cfg.attention).layer_params(cfg, G) for G in cfg.kv_heads_per_layer)
+    return norms_and_mlp + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
 
 
 def matched_d_ff(cfg: ModelConfig) -> int:
