@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-# Bytes per cached element. int4 packs two values per byte.
-DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+from gqa_sweep.model.kv_formula import DTYPE_BYTES
 
 _DECIMAL_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _BINARY_UNITS = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}

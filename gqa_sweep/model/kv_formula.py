@@ -10,6 +10,8 @@ Imports nothing (neither torch nor the package), so `gqa-kv` and the config chec
 from __future__ import annotations
 
 ATTENTIONS = ("gqa", "gta", "mla")
+# Bytes per cached element. int4 packs two values per byte.
+DTYPE_BYTES: dict[str, float] = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 
 
 def kv_elements_per_layer(attention: str, n_kv_heads: int | None, d_head: int, rope_dim: int | None = None,

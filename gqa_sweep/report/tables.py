@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gqa_sweep.model.kv_formula import DTYPE_BYTES, kv_elements_per_layer
 from gqa_sweep.report import fair, layouts, recall, scaling, stability, variants
 from gqa_sweep.report.cells import (
     _counts,
@@ -26,7 +27,7 @@ from gqa_sweep.report.cells import (
     loss_by_lr,
     loss_init,
 )
-from gqa_sweep.report.load import _DTYPE_BYTES, DASH, METHODS, prepare
+from gqa_sweep.report.load import DASH, METHODS, prepare
 
 NOT_MEASURED = "not measured"
 EDGE = "⚠ edge of the grid: widen it"
@@ -73,10 +74,10 @@ def _kv_bytes(cell: pd.DataFrame) -> float:
     measured = cell.kv_bytes_per_token.median()
     if not math.isnan(measured):
         return measured
-    # A run that failed before measuring: the formula 2·G·d_head·L·bytes, bf16 unless kv_dtype says otherwise.
+    # A run that failed before measuring: the model's formula, bf16 unless kv_dtype says otherwise.
     r = cell.iloc[0]
-    nbytes = _DTYPE_BYTES.get(str(r.kv_dtype).removeprefix("torch."), 2)
-    return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
+    nbytes = DTYPE_BYTES.get(str(r.get("kv_dtype")).removeprefix("torch."), 2)
+    return kv_elements_per_layer("gqa", int(r.n_kv_heads), int(r.d_head)) * r.n_layers * nbytes
 
 
 def quiet(runs: pd.DataFrame) -> pd.DataFrame:
