@@ -127,3 +127,15 @@ def test_rows_without_a_config_group_by_their_data_columns():
     runs = pd.DataFrame(rows).drop(columns="config")
     assert [g.label for g in split(runs)] == ["data_name=shakespeare, tokenizer=char, vocab_size=65",
                                               "data_name=text, tokenizer=bpe, vocab_size=1024"]
+
+
+def test_another_head_size_at_the_same_g_is_another_row(tmp_path):
+    wide = _row(CHAR, 1, 0, 8.0, d_head=32, run_id="wide", kv_bytes_per_token=2 * 32 * 2 * 2)
+    wide["config"]["model"]["d_head"] = 32  # experiment=kv_budget's fewer_wider: G = 1 with twice the head size
+    store = ResultsStore(tmp_path)
+    for row in (_row(CHAR, 1, 0, 7.0), _row(CHAR, 8, 0, 6.0), wide):
+        store.write_run(row)
+    runs = load_runs(tmp_path)
+    t = report.build_tables(runs)["ablation"].query("G == 1").set_index("model")
+    assert t.loc["tiny", "val_ppl_mean"] == 7.0 and t.loc["tiny (d_head=32)", "val_ppl_mean"] == 8.0
+    assert t.loc["tiny (d_head=32)", "delta_ppl_vs_mha_pct"] == pytest.approx(100 * (8 / 6 - 1))

@@ -90,12 +90,16 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     df = prepare(runs)
     df = df[~is_conversion(df)]
     rows = []
-    for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
+    df = df.assign(d_head=df.d_head.fillna(0))  # 0: not recorded (the groupby would drop the row)
+    for (model, H, G, d_head), cell in df.groupby(["model", "n_heads", "n_kv_heads", "d_head"], observed=True):
         multi_lr, at_edge = cell.lr.nunique() > 1, best_lr_at_edge(cell)
         cell = best_lr_runs(cell)
         done = cell[cell.status == "completed"]
+        # A head size other than d_model / H (experiment=kv_budget) is another model at the same G.
+        odd_head = d_head and d_head * H != cell.d_model.iloc[0]
         rows.append({
-            "model": str(model), "n_heads": int(H), "G": int(G), "group_size": int(H // G),
+            "model": str(model) + (f" (d_head={d_head:.0f})" if odd_head else ""),
+            "n_heads": int(H), "G": int(G), "group_size": int(H // G),
             "n_params": cell.n_params.median(),
             "kv_bytes_per_token": _kv_bytes(cell),
             "kv_pct_of_mha": 100.0 * G / H,
@@ -126,11 +130,11 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def mha_ppl(table: pd.DataFrame) -> pd.Series:
-    """Each row's MHA reference: G = H of the same model; a parameter-matched model without its own G = H run
-    uses the plain model's (matching widens nothing at G = H)."""
+    """Each row's MHA reference: G = H of the same model; a parameter-matched model (or one of another head size)
+    without its own G = H run uses the plain model's (matching widens nothing at G = H)."""
     mha = table[table.G == table.n_heads]
     own = table.model.map(mha.set_index("model").val_ppl_mean)
-    plain = mha[mha.param_match == "none"].set_index("base_model").val_ppl_mean
+    plain = mha[(mha.param_match == "none") & (mha.model == mha.base_model)].set_index("base_model").val_ppl_mean
     return own.astype(float).fillna(table.base_model.map(plain).astype(float))
 
 
