@@ -26,7 +26,10 @@ from gqa_sweep.report.cells import (
     is_conversion,
     loss_by_lr,
     loss_init,
+    mean_std,
+    num,
 )
+from gqa_sweep.report.latex import latex_table
 from gqa_sweep.report.load import DASH, METHODS, prepare
 
 NOT_MEASURED = "not measured"
@@ -220,14 +223,10 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
 # ------------------------------------------------------------------------------------------ formatting
 
 
-def _num(x: float, fmt: str) -> str:
-    return DASH if x is None or pd.isna(x) else format(x, fmt)
-
-
 def _measured(x: float, fmt: str, n_completed: int) -> str:
     """A cell whose completed runs did not measure it (too short for the spike window or the throughput
     warm-up) says so instead of a dash that reads as "no run" or a 0 that reads as "none"."""
-    return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else _num(x, fmt)
+    return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else num(x, fmt)
 
 
 def _throughput(text: str, n_contended: int) -> str:
@@ -243,12 +242,6 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _mean_std(mean: float, std: float, n: int) -> str:
-    if n == 0:
-        return DASH
-    return f"{mean:.2f} ± {_num(std, '.2f')}"
-
-
 def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     """Display strings of the ablation table (Markdown/LaTeX)."""
     out = pd.DataFrame({
@@ -256,15 +249,15 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "G": t.G.astype(str),
         "H/G": t.group_size.astype(str),
         "params": t.n_params.map(_si),
-        "KV B/token": t.kv_bytes_per_token.map(lambda x: _num(x, ",.0f")),
-        "KV % of MHA": t.kv_pct_of_mha.map(lambda x: _num(x, ".1f") + "%"),
-        "val ppl": [_mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
+        "KV B/token": t.kv_bytes_per_token.map(lambda x: num(x, ",.0f")),
+        "KV % of MHA": t.kv_pct_of_mha.map(lambda x: num(x, ".1f") + "%"),
+        "val ppl": [mean_std(m, s, n, ".2f") for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": t.n_completed.astype(str),
         "Δ ppl vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
         "train tok/s": [_throughput(_measured(x, ",.0f", n), k)
                         for x, n, k in zip(t.train_tokens_per_s_median, t.n_completed, t.n_contended)],
-        "decode tok/s": [_throughput(_num(x, ",.0f"), k) for x, k in zip(t.decode_tokens_per_s_median, t.n_contended)],
-        "grad-norm max": t.grad_norm_max.map(lambda x: _num(x, ".2f")),
+        "decode tok/s": [_throughput(num(x, ",.0f"), k) for x, k in zip(t.decode_tokens_per_s_median, t.n_contended)],
+        "grad-norm max": t.grad_norm_max.map(lambda x: num(x, ".2f")),
         "loss spikes": [_measured(x, ".2f", n) for x, n in zip(t.loss_spikes_mean, t.n_completed)],
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
@@ -272,24 +265,24 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     if t.lr_selected.any():
         out["best lr"] = [_best_lr(x, edge) for x, edge in zip(t.lr, t.best_lr_at_edge)]
     if (t.param_match != "none").any():
-        out.insert(4, "d_ff", t.d_ff.map(lambda x: _num(x, ".0f")))
+        out.insert(4, "d_ff", t.d_ff.map(lambda x: num(x, ".0f")))
     return out
 
 
 
 def _best_lr(lr: float, at_edge: bool) -> str:
-    return _num(lr, "g") + (f" {EDGE}" if at_edge else "")
+    return num(lr, "g") + (f" {EDGE}" if at_edge else "")
 
 
 def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
     lr_cols = [c for c in t if c.startswith("loss_lr=")]
     out = t[["model"]].assign(G=t.G.astype(str))
     for c in lr_cols:
-        out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: _num(x, ".3f"))
+        out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: num(x, ".3f"))
     return out.assign(**{
         "best lr": [_best_lr(x, edge) for x, edge in zip(t.best_lr, t.best_lr_at_edge)],
-        "LR sensitivity": t.lr_sensitivity.map(lambda x: _num(x, ".3f")),
-        "loss_init (ln V)": t.loss_init.map(lambda x: _num(x, ".3f")),
+        "LR sensitivity": t.lr_sensitivity.map(lambda x: num(x, ".3f")),
+        "loss_init (ln V)": t.loss_init.map(lambda x: num(x, ".3f")),
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
     })
@@ -297,8 +290,8 @@ def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
 
 def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
     t = t.assign(
-        col=t.alpha.map(lambda a: "α=" + _num(a, "g")),
-        cell=[f"{_mean_std(m, s, n)} ({n}/{N})" for m, s, n, N in
+        col=t.alpha.map(lambda a: "α=" + num(a, "g")),
+        cell=[f"{mean_std(m, s, n, '.2f')} ({n}/{N})" for m, s, n, N in
               zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed, t.n_runs)],
     )
     alphas = sorted(t.alpha.dropna().unique())
@@ -306,7 +299,7 @@ def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
     wide = t.pivot_table(index=["model", "G", "method"], columns="col", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=cols).fillna(DASH).reset_index()
     wide.columns.name = None
-    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: _num(x, ".2f"))
+    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: num(x, ".2f"))
     wide["MHA parent ppl"] = parent.to_numpy()
     return wide.assign(G=wide.G.astype(str))
 
@@ -330,22 +323,9 @@ def to_markdown(name: str, table: pd.DataFrame) -> str:
     return f"### {TITLES[name]}\n\n{body}\n\n{NOTES[name]}\n"
 
 
-_LATEX = str.maketrans({
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "±": r"$\pm$", "—": "--", "Δ": r"$\Delta$", "α": r"$\alpha$", "→": r"$\to$",
-    "×": r"$\times$",
-})
-
-
 def to_latex(name: str, table: pd.DataFrame) -> str:
-    """One table as a booktabs LaTeX `table` (pandas Styler: \\toprule, \\midrule, \\bottomrule)."""
-    shown = DISPLAY[name](table)
-    shown = shown.map(lambda s: str(s).translate(_LATEX))
-    shown.columns = [c.translate(_LATEX) for c in shown.columns]
-    return shown.style.hide(axis="index").to_latex(
-        hrules=True, column_format="l" + "r" * (shown.shape[1] - 1),
-        caption=TITLES[name].translate(_LATEX), label=f"tab:{name}", position_float="centering",
-    )
+    """One table as a booktabs LaTeX `table` that pdflatex compiles (report/latex.py)."""
+    return latex_table(DISPLAY[name](table), TITLES[name], f"tab:{name}")
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, formats: Sequence[str]) -> list[Path]:
