@@ -82,7 +82,7 @@ def contention(fig, runs: pd.DataFrame | None) -> str:
     if runs is not None and {"contended", "cpu_util"} <= set(runs.columns):
         util = runs.cpu_util[(runs.contended == 1) & (runs.status == "completed")].dropna()
     share = f" (CPU util {util.min():.0%}-{util.max():.0%} of their cores)" if len(util) else ""
-    text = (f"hollow points: every run of the point was contended{share}, so its speed is a lower bound, "
-            "not comparable across G; rerun on a quiet machine")
+    text = (f"hollow points: all their runs were contended{share}:\n"
+            "speeds are lower bounds, not comparable across G; rerun on a quiet machine")
     fig.supxlabel(text, fontsize=7, color="C3")
     return text

@@ -29,6 +29,10 @@ AXES = (
 # Keys a size ladder sets per model size: no split when each model size has one value of them.
 SIZE_TIED = ("model.", "trainer.max_steps", "trainer.val_check_interval", "trainer.ckpt_every_n_steps",
              "optim.warmup_steps", "metrics.")
+# The keys a group is named by first; another differing key is named only when these do not already fix it
+# (a text corpus also sets data.delimiter: "source=text" says enough).
+NAMED_FIRST = ("data.source", "data.name", "data.config", "data.path", "data.tokenizer", "data.vocab_size",
+               "trainer.max_steps", "trainer.precision", "trainer.accelerator", "data_name", "tokenizer")
 FALLBACK = ("data_name", "tokenizer", "vocab_size", "block_size", "batch_size", "precision")
 _NOT_IDENTITY = tuple(IDENTITY_EXCLUDE) + AXES
 
@@ -117,12 +121,21 @@ def _short(key: str, value: str) -> str:
     return f"{leaf}={value.rstrip('/').rsplit('/', 1)[-1] if leaf == 'path' else value}"
 
 
+def _naming(ident: pd.DataFrame, keys: list[str]) -> list[str]:
+    """The context keys that name the groups: NAMED_FIRST ones, then others not fixed by the keys before them."""
+    named = [k for k in NAMED_FIRST if k in keys]
+    for k in keys:
+        if k not in named and (not named or ident.groupby(named)[k].nunique().max() > 1):
+            named.append(k)
+    return named
+
+
 def split(runs: pd.DataFrame) -> list[Group]:
     """The runs' groups, one per combination of the context keys' values (one group when there are none)."""
     if runs.empty:
         return [Group({}, runs, "")]
     ident = identity(runs).fillna("null")
-    keys = context_keys(runs, ident)
+    keys = _naming(ident, context_keys(runs, ident))
     if not keys:
         return [Group({}, runs, "")]
     groups, slugs = [], set()
