@@ -209,3 +209,16 @@ def test_hf_decode_uses_the_current_cache_api_without_warnings():
         hf = hf_decode_fn(hf_copy(model), cache, first, new_tokens=6)
         out = hf()
     assert torch.equal(out, decode_fn(model, cache, first, new_tokens=6)())
+
+
+@pytest.mark.parametrize("plot", [plot_ppl_vs_g, plot_ppl_vs_kv_bytes])
+def test_the_legend_leaves_the_n_note_readable(plot):
+    table = pd.concat([_table([1, 1, 1, 1]), _table([1, 1, 1, 1]).assign(model="small", val_ppl_mean=9.0)])
+    fig = plot(table, RUNS)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    (note,) = [a for a in ax.artists if annotate.NO_BAR in a.txt.get_text()]
+    legend, box = ax.get_legend().get_window_extent(), note.get_window_extent()
+    assert not legend.overlaps(box)
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes: no point or note under it either
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["tiny", "small"]

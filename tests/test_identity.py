@@ -122,7 +122,7 @@ def test_a_forced_rerun_supersedes_the_row_an_old_version_stored(tmp_path: Path)
 
 def test_a_contended_run_is_marked_and_the_sweep_tells_its_progress(tmp_path: Path) -> None:
     """Two busy loops per core while a 2-run sweep trains: each row says it was contended, the sweep warns and
-    gives its ETA after each run, and the report leaves the contended throughput out. The runs are long enough
+    gives its ETA after each run, and the report flags the contended throughput. The runs are long enough
     (60 steps) that the scheduler's share, not luck within one time slice, decides their CPU time."""
     import os
     import subprocess
@@ -147,4 +147,4 @@ def test_a_contended_run_is_marked_and_the_sweep_tells_its_progress(tmp_path: Pa
     from gqa_sweep.report.cli import main as report_main
 
     assert report_main([str(results), "--out", str(tmp_path / "report")]) == 0
-    assert "(1 contended left out)" in (tmp_path / "report" / "ablation.md").read_text()
+    assert "(contended)" in (tmp_path / "report" / "ablation.md").read_text()  # shown, flagged

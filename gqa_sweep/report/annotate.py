@@ -74,3 +74,15 @@ def caption(fig, runs: pd.DataFrame | None, decode: bool = False) -> str:
     text = setting(runs, decode)
     fig.suptitle(text, fontsize=8, color="0.3")
     return text
+
+
+def contention(fig, runs: pd.DataFrame | None) -> str:
+    """Say under the axes that the hollow points come from runs that shared their cores; returns the text."""
+    util = pd.Series(dtype=float)
+    if runs is not None and {"contended", "cpu_util"} <= set(runs.columns):
+        util = runs.cpu_util[(runs.contended == 1) & (runs.status == "completed")].dropna()
+    share = f" (CPU util {util.min():.0%}-{util.max():.0%} of their cores)" if len(util) else ""
+    text = (f"hollow points: all their runs were contended{share}:\n"
+            "speeds are lower bounds, not comparable across G; rerun on a quiet machine")
+    fig.supxlabel(text, fontsize=7, color="C3")
+    return text

@@ -6,6 +6,8 @@ import math
 
 import pandas as pd
 
+from gqa_sweep.report.load import DASH
+
 
 def loss_init(cell: pd.DataFrame) -> float:
     """Loss of a uniform predictor, ln V: what a diverged or failed run counts as."""
@@ -49,6 +51,16 @@ def _counts(cell: pd.DataFrame) -> dict:
 def _ppl_stats(done: pd.DataFrame) -> dict:
     # std ddof=1 is NaN for a single run: shown as "± —", never as a fake 0.
     return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1)}
+
+
+def num(x: float, fmt: str) -> str:
+    """A number formatted, or the dash of "no value"."""
+    return DASH if x is None or pd.isna(x) else format(x, fmt)
+
+
+def mean_std(mean: float, std: float, n: int, fmt: str = ".3f") -> str:
+    """`mean ± std` over n runs; "± —" for one run (its std is undefined, never a fake 0), "—" for none."""
+    return DASH if not n else f"{mean:{fmt}} ± {num(std, fmt)}"
 
 
 def is_conversion(df: pd.DataFrame) -> pd.Series:

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from gqa_sweep.report.groups import split
 from gqa_sweep.report.load import (
     FORMATS,
     ReportError,
@@ -69,7 +71,7 @@ def _scaling_report(runs, out: Path, formats, plots: bool, draws: int) -> list[P
 
 def _report(args: argparse.Namespace) -> list[Path]:
     if args.wandb:
-        all_runs, where, history = load_wandb(args.wandb), f"wandb project {args.wandb}", None
+        all_runs, where = load_wandb(args.wandb), f"wandb project {args.wandb}"
     else:
         all_runs, where = load_results(args.results_dir), f"{args.results_dir.rstrip('/')}/"
     if args.scaling and args.sweep is None and "ladder" in set(all_runs.sweep.dropna().astype(str)):
@@ -80,14 +82,28 @@ def _report(args: argparse.Namespace) -> list[Path]:
         print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
               file=sys.stderr)
     out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
+    groups = split(runs)
+    if len(groups) == 1:
+        return _one_group(args, runs, all_runs, out)
+    print(f"gqa-report: these runs are {len(groups)} different computations (they differ in "
+          f"{', '.join(groups[0].keys)}), never averaged together: each is reported apart, under {out}/<group>/")
+    written = []
+    for i, g in enumerate(groups, 1):
+        print(f"\n## Group {i}/{len(groups)}: {g.label} ({len(g.runs)} runs) -> {out / g.slug}/\n")
+        written += _one_group(args, g.runs.reset_index(drop=True), all_runs, out / g.slug)
+    return written
+
+
+def _one_group(args: argparse.Namespace, runs, all_runs, out: Path) -> list[Path]:
+    """The tables (and plots) of runs of one context (report/groups.py)."""
+    formats = FORMATS if args.format == "all" else [args.format]
     if args.scaling:
-        return _scaling_report(runs, out, FORMATS if args.format == "all" else [args.format], args.plots, args.draws)
+        return _scaling_report(runs, out, formats, args.plots, args.draws)
     tables = build_tables(runs, all_runs)
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
-    written = write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
+    written = write_tables(tables, out, formats)
     if args.plots and "ablation" in tables:
-        if not args.wandb:
-            history = load_history(args.results_dir, runs.run_id)
+        history = None if args.wandb else load_history(args.results_dir, runs.run_id)
         written += write_plots(make_plots(tables["ablation"], runs, history), out)
     return written
 
@@ -103,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportError as e:
         print(f"gqa-report: error: {e}", file=sys.stderr)
         return 2
-    print(f"gqa-report: wrote {len(written)} files to {written[0].parent}/" if written else "", file=sys.stderr)
+    where = os.path.commonpath([p.parent for p in written]) if written else ""
+    print(f"gqa-report: wrote {len(written)} files to {where}/" if written else "", file=sys.stderr)
     return 0
 
 

@@ -23,6 +23,7 @@ from gqa_sweep.report.cells import (
     best_lr_runs,
     is_conversion,
     loss_by_lr,
+    mean_std,
 )
 from gqa_sweep.report.load import DASH, prepare
 
@@ -106,8 +107,7 @@ def _cell(t: pd.DataFrame, name: str, i: int) -> tuple[str, str, str, str]:
     r = t.iloc[i]
     if pd.isna(r.get(f"{name}_val_ppl_mean", math.nan)):
         return NOT_RUN, NOT_RUN, DASH, DASH
-    std = r[f"{name}_val_ppl_std"]
-    ppl = f"{r[f'{name}_val_ppl_mean']:.3f} ± {DASH if pd.isna(std) else format(std, '.3f')}"
+    ppl = mean_std(r[f"{name}_val_ppl_mean"], r[f"{name}_val_ppl_std"], r[f"{name}_n_completed"])
     ppl += f" ({int(r[f'{name}_n_completed'])}/{int(r[f'{name}_n_runs'])})"
     lr = f"{r[f'{name}_lr']:g}" + (" ⚠ edge" if _flag(r.get(f"{name}_lr_at_edge")) else "")
     return ppl, f"{r[f'{name}_delta_pct']:+.2f}%", lr, f"{r[f'{name}_rank']:.0f}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from gqa_sweep.report import stability
-from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion
+from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion, mean_std, num
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {"layouts": "KV-head layouts at equal KV bytes per token: per-layer G and G × d_head trades"}
@@ -52,17 +52,13 @@ def layouts_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_layouts(t: pd.DataFrame) -> pd.DataFrame:
-    def num(x, fmt):
-        return DASH if pd.isna(x) else format(x, fmt)
-
     return pd.DataFrame({
         "model": t.model,
         "layout": [f"{x} (uniform)" if u else x for x, u in zip(t.layout, t.uniform)],
         "d_head": t.d_head.astype(str),
         "KV B/token": t.kv_bytes_per_token.map(lambda x: num(x, ",.0f")),
         "params": t.n_params.map(lambda x: num(x / 1e3, ".1f") + "K"),
-        "val ppl": [DASH if n == 0 else f"{m:.3f} ± {num(s, '.3f')}"
-                    for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
+        "val ppl": [mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": [f"{n}/{N}" for n, N in zip(t.n_completed, t.n_runs)],
         "Δ vs uniform": t.delta_ppl_vs_uniform_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
         "lr": t.lr.map(lambda x: num(x, "g")),

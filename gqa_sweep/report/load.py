@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from gqa_sweep.report.groups import context_labels
 from gqa_sweep.store.results import DB_NAME, RUN_COLUMNS, STATUSES, load_runs
 
 DASH = "—"
 METHODS = ("mha_mean", "mha_first", "mha_random", "scratch")
 # The sweep config spells methods `mean|first|random`; the report labels them as the GQA paper does.
 _METHOD_ALIASES = {"mean": "mha_mean", "first": "mha_first", "random": "mha_random"}
-_DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2, "float8": 1, "fp8": 1}
 _NUMERIC = [c for c, t in RUN_COLUMNS.items() if t in ("INTEGER", "REAL")]
 _WANDB_STATES = {"finished": "completed", "crashed": "failed", "failed": "failed"}
 FORMATS = ("md", "latex", "csv")
@@ -100,13 +100,19 @@ def select_sweep(runs: pd.DataFrame, sweep: str | None, where: str) -> pd.DataFr
 
 
 def prepare(runs: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns as numbers, a `model` label ordered by size, and a normalised `init` method."""
+    """Numeric columns as numbers, a `model` label ordered by size, and a normalised `init` method.
+
+    Runs of several contexts (report/groups.py: e.g. a char and a BPE sweep under one name) get the context in
+    their label, `tiny [tokenizer=bpe, ...]`, so no table cell or plot line ever pools them."""
     df = runs.copy()
     for c in _NUMERIC:
         if c in df:
             df[c] = pd.to_numeric(df[c], errors="coerce")
     derived = "L" + df.n_layers.astype("Int64").astype(str) + "-d" + df.d_model.astype("Int64").astype(str)
     label = df.model_name.astype(object).where(df.model_name.notna(), derived).astype(str)
+    context = context_labels(df)
+    if context is not None:
+        label = label + " [" + context + "]"
     # Runs widened to MHA's parameter count are another model: their cells never mix with the plain ones.
     match = df.param_match if "param_match" in df else pd.Series(None, index=df.index, dtype=object)
     df["param_match"] = match.astype(object).where(match.notna(), "none")

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from gqa_sweep.report.annotate import caption, errorbar, n_note
+from gqa_sweep.report.annotate import caption, contention, errorbar, n_note
 from gqa_sweep.report.load import prepare
 from gqa_sweep.report.recall import recall_plots
 from gqa_sweep.report.stability import stability_plots
@@ -52,8 +52,13 @@ def _per_model(table: pd.DataFrame, y: str, ylabel: str, std: str | None = None)
         n_note(ax, table.n_completed[table[y].notna()], "seeds")
     _g_axis(ax, table.G)
     ax.set_ylabel(ylabel)
-    ax.legend(title="model")
+    _legend(ax)
     return fig
+
+
+def _legend(ax) -> None:
+    # Beside the axes, not in them: inside it would cover the n note (lower left) or the points.
+    ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
 
 
 def _measured(runs: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -80,10 +85,20 @@ def plot_kv_bytes_vs_g(table: pd.DataFrame, runs: pd.DataFrame | None = None) ->
 
 def plot_decode_vs_g(table: pd.DataFrame, runs: pd.DataFrame | None = None) -> Figure:
     """Median decode tokens/s against G; the axis starts at 0 so ratios between G read off the heights."""
-    fig = _per_model(table, "decode_tokens_per_s_median", "decode tokens / s (median over runs)")
-    fig.axes[0].set_title("Decode throughput vs G")
-    top = table.decode_tokens_per_s_median.max()
-    fig.axes[0].set_ylim(0, 1.08 * top if top > 0 else None)  # headroom: the fastest G is not on the frame
+    y = "decode_tokens_per_s_median"
+    fig = _per_model(table, y, "decode tokens / s (median over runs)")
+    ax = fig.axes[0]
+    ax.set_title("Decode throughput vs G")
+    shared = table[table.get("throughput_contended", False) & table[y].notna()] if len(table) else table
+    if len(shared):
+        ax.plot(shared.G, shared[y], ls="none", marker="o", ms=11, mfc="none", mec="C3", label="contended")
+        _legend(ax)
+        contention(fig, runs)
+    top = table[y].max()
+    if pd.isna(top):  # an axis with nothing on it says why
+        ax.text(0.5, 0.5, "no decode throughput measured:\nno completed run recorded decode_tokens_per_s",
+                transform=ax.transAxes, ha="center", va="center", color="C3")
+    ax.set_ylim(0, 1.08 * top if top > 0 else 1.0)  # headroom: the fastest G is not on the frame
     caption(fig, _measured(runs), decode=True)
     return fig
 
@@ -103,7 +118,7 @@ def plot_ppl_vs_kv_bytes(table: pd.DataFrame, runs: pd.DataFrame | None = None) 
     ax.set_ylabel("val perplexity (mean ± std)")
     ax.set_title("Quality vs KV-cache size (lower-left is better)")
     ax.grid(alpha=0.3)
-    ax.legend(title="model")
+    _legend(ax)
     caption(fig, _measured(runs))
     return fig
 

@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gqa_sweep.report.annotate import errorbar, n_note
-from gqa_sweep.report.load import DASH, prepare
+from gqa_sweep.report.cells import mean_std
+from gqa_sweep.report.load import prepare
 
 TITLES = {"recall": "Recall (MQAR): accuracy per G × test segment"}
 NOTES = {
@@ -83,12 +84,6 @@ def recall_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values(["model", "test_only", "seq_len", "num_kv_pairs", "G"], kind="stable")
 
 
-def _cell(mean: float, std: float, n: int) -> str:
-    if not n:
-        return DASH
-    return f"{mean:.3f} ± {DASH if pd.isna(std) else format(std, '.3f')}"
-
-
 def display_recall(t: pd.DataFrame) -> pd.DataFrame:
     """Wide display: a row per (model, G), per segment a best-lr and a fixed-lr column."""
     t = t.assign(label=t.segment + np.where(t.test_only, " (test only)", ""))
@@ -96,9 +91,9 @@ def display_recall(t: pd.DataFrame) -> pd.DataFrame:
     for (model, G), g in t.groupby(["model", "G"], sort=False):
         row = {"model": model, "G": str(G)}
         for r in g.itertuples():
-            row[f"{r.label} best lr"] = f"{_cell(r.acc_best_mean, r.acc_best_std, r.n_best)} ({r.best_lr:g})"
+            row[f"{r.label} best lr"] = f"{mean_std(r.acc_best_mean, r.acc_best_std, r.n_best)} ({r.best_lr:g})"
         for r in g.itertuples():
-            row[f"{r.label} @ lr={r.fixed_lr:g}"] = _cell(r.acc_fixed_mean, r.acc_fixed_std, r.n_fixed)
+            row[f"{r.label} @ lr={r.fixed_lr:g}"] = mean_std(r.acc_fixed_mean, r.acc_fixed_std, r.n_fixed)
         rows.append(row)
     return pd.DataFrame(rows).sort_values(["model", "G"], key=lambda c: c.map(int) if c.name == "G" else c)
 

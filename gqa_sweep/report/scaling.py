@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from gqa_sweep.report.groups import split
 from gqa_sweep.scaling.bootstrap import DEFAULT_DRAWS, bootstrap
 from gqa_sweep.scaling.holdout import USEFUL, compare_models, holdout, progressive
 from gqa_sweep.scaling.laws import MODELS
@@ -73,6 +74,11 @@ def _mark(b) -> str:
 
 
 def scaling_tables(runs: pd.DataFrame, draws: int = DEFAULT_DRAWS, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Every scaling table of one ladder; ValueError when the runs are several computations (report/groups.py)."""
+    groups = split(runs)
+    if len(groups) > 1:
+        raise ValueError(f"scaling: these runs are {len(groups)} different computations (they differ in "
+                         f"{', '.join(groups[0].keys)}); fit one at a time: gqa_sweep.report.groups.split(runs)")
     points = from_runs(runs)
     models = compare_models(points)
     best = models[models["winner"]].iloc[0]

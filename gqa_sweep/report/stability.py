@@ -18,6 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gqa_sweep.report.annotate import errorbar, n_note
+from gqa_sweep.report.cells import num
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {
@@ -168,10 +169,6 @@ def stability_tables(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
 # ------------------------------------------------------------------------------------------ formatting
 
 
-def _num(x: float, fmt: str) -> str:
-    return DASH if x is None or pd.isna(x) else format(x, fmt)
-
-
 def _lrs(t: pd.DataFrame, prefix: str) -> list[str]:
     return [c.split("=", 1)[1] for c in t if c.startswith(prefix)]
 
@@ -179,11 +176,11 @@ def _lrs(t: pd.DataFrame, prefix: str) -> list[str]:
 def display_stability(t: pd.DataFrame) -> pd.DataFrame:
     out = t[["model", "mitigation"]].assign(G=t.G.astype(str))
     for lr in _lrs(t, "loss_lr="):
-        out[f"loss @ {lr}"] = t[f"loss_lr={lr}"].map(lambda x: _num(x, ".3f"))
+        out[f"loss @ {lr}"] = t[f"loss_lr={lr}"].map(lambda x: num(x, ".3f"))
     return out.assign(**{
-        "best lr": t.best_lr.map(lambda x: _num(x, "g")),
-        "LR sensitivity": t.lr_sensitivity.map(lambda x: _num(x, ".3f")),
-        "per seed (mean ± std)": [f"{_num(m, '.3f')} ± {_num(s, '.3f')}" for m, s in
+        "best lr": t.best_lr.map(lambda x: num(x, "g")),
+        "LR sensitivity": t.lr_sensitivity.map(lambda x: num(x, ".3f")),
+        "per seed (mean ± std)": [f"{num(m, '.3f')} ± {num(s, '.3f')}" for m, s in
                                   zip(t.lr_sensitivity_seed_mean, t.lr_sensitivity_seed_std)],
         "seeds": t.n_seeds.astype(str),
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
@@ -193,7 +190,7 @@ def display_stability(t: pd.DataFrame) -> pd.DataFrame:
 def display_attn_logits(t: pd.DataFrame) -> pd.DataFrame:
     out = t[["model", "mitigation"]].assign(G=t.G.astype(str))
     for lr in _lrs(t, "logit_lr="):
-        out[f"lr={lr}"] = [f"{_num(m, '.1f')} ± {_num(s, '.1f')}" for m, s in
+        out[f"lr={lr}"] = [f"{num(m, '.1f')} ± {num(s, '.1f')}" for m, s in
                            zip(t[f"logit_lr={lr}"], t[f"logit_std_lr={lr}"])]
     return out
 
@@ -206,7 +203,7 @@ def display_divergence(t: pd.DataFrame) -> pd.DataFrame:
     return out.assign(**{
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
-        "loss spikes": t.loss_spikes_mean.map(lambda x: _num(x, ".2f")),
+        "loss spikes": t.loss_spikes_mean.map(lambda x: num(x, ".2f")),
     })
 
 

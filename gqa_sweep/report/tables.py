@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gqa_sweep.model.kv_formula import DTYPE_BYTES, kv_elements_per_layer
 from gqa_sweep.report import fair, layouts, recall, scaling, stability, variants
 from gqa_sweep.report.cells import (
     _counts,
@@ -25,10 +26,14 @@ from gqa_sweep.report.cells import (
     is_conversion,
     loss_by_lr,
     loss_init,
+    mean_std,
+    num,
 )
-from gqa_sweep.report.load import _DTYPE_BYTES, DASH, METHODS, prepare
+from gqa_sweep.report.latex import latex_table
+from gqa_sweep.report.load import DASH, METHODS, prepare
 
 NOT_MEASURED = "not measured"
+CONTENDED = "contended"
 EDGE = "⚠ edge of the grid: widen it"
 
 
@@ -44,8 +49,11 @@ NOTES = {
         "failed runs are never averaged, they are counted as k/N (N = all runs of the cell). "
         "KV % of MHA = 100·G/H, from KV bytes/token = 2·G·d_head·L·bytes (needs no MHA run). "
         "Δ ppl vs MHA: mean ppl relative to the mean ppl of the same model's G = H. "
-        "Throughput: medians; grad-norm max: max over runs; loss spikes: mean count per run; all over "
-        "completed runs. A cell run at several learning rates is shown at its best lr (see LR sensitivity); "
+        "Throughput: medians over the completed runs that had their cores to themselves; \"(k contended left "
+        "out)\": k runs shared the machine (cpu_util < 0.75 or load > cores + 1, docs/metrics.md) and are not in "
+        "the median; \"(contended)\": every run of the cell shared it, so the median is theirs: a lower bound, "
+        "not comparable across G or machines. Grad-norm max: max over runs; loss spikes: mean count per run; "
+        "both over completed runs. A cell run at several learning rates is shown at its best lr (see LR sensitivity); "
         f"\"{EDGE}\": that best lr is the lowest or highest lr tried, so a better one may lie outside the grid. "
         "\"(params matched: ffn)\": runs with d_ff widened to the MHA model's non-embedding parameter count "
         "(model.param_match=ffn), a model of their own whose Δ is taken against its G = H run (else the plain one's)."
@@ -73,10 +81,10 @@ def _kv_bytes(cell: pd.DataFrame) -> float:
     measured = cell.kv_bytes_per_token.median()
     if not math.isnan(measured):
         return measured
-    # A run that failed before measuring: the formula 2·G·d_head·L·bytes, bf16 unless kv_dtype says otherwise.
+    # A run that failed before measuring: the model's formula, bf16 unless kv_dtype says otherwise.
     r = cell.iloc[0]
-    nbytes = _DTYPE_BYTES.get(str(r.kv_dtype).removeprefix("torch."), 2)
-    return 2 * r.n_kv_heads * r.d_head * r.n_layers * nbytes
+    nbytes = DTYPE_BYTES.get(str(r.get("kv_dtype")).removeprefix("torch."), 2)
+    return kv_elements_per_layer("gqa", int(r.n_kv_heads), int(r.d_head)) * r.n_layers * nbytes
 
 
 def quiet(runs: pd.DataFrame) -> pd.DataFrame:
@@ -84,27 +92,42 @@ def quiet(runs: pd.DataFrame) -> pd.DataFrame:
     return runs if "contended" not in runs else runs[runs.contended != 1]
 
 
+def _speed(done: pd.DataFrame) -> dict:
+    """Median throughput over the quiet runs; over the contended ones (flagged) when the cell has no quiet run."""
+    calm = quiet(done)
+    shared = calm.empty and not done.empty
+    src = done if shared else calm
+    return {
+        "train_tokens_per_s_median": src.train_tokens_per_s.median(),
+        "decode_tokens_per_s_median": src.decode_tokens_per_s.median(),
+        "n_contended": len(done) - len(calm),
+        "throughput_contended": shared,
+    }
+
+
 def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Raw numeric ablation table: one row per (model, G) of the from-scratch runs, ordered by size then G."""
     df = prepare(runs)
     df = df[~is_conversion(df)]
     rows = []
-    for (model, H, G), cell in df.groupby(["model", "n_heads", "n_kv_heads"], observed=True, sort=True):
+    df = df.assign(d_head=df.d_head.fillna(0))  # 0: not recorded (the groupby would drop the row)
+    for (model, H, G, d_head), cell in df.groupby(["model", "n_heads", "n_kv_heads", "d_head"], observed=True):
         multi_lr, at_edge = cell.lr.nunique() > 1, best_lr_at_edge(cell)
         cell = best_lr_runs(cell)
         done = cell[cell.status == "completed"]
+        # A head size other than d_model / H (experiment=kv_budget) is another model at the same G.
+        odd_head = d_head and d_head * H != cell.d_model.iloc[0]
         rows.append({
-            "model": str(model), "n_heads": int(H), "G": int(G), "group_size": int(H // G),
+            "model": str(model) + (f" (d_head={d_head:.0f})" if odd_head else ""),
+            "n_heads": int(H), "G": int(G), "group_size": int(H // G),
             "n_params": cell.n_params.median(),
             "kv_bytes_per_token": _kv_bytes(cell),
             "kv_pct_of_mha": 100.0 * G / H,
             **_ppl_stats(done),
             **_counts(cell),
             "val_loss_mean": done.val_loss.mean(),
-            # Throughput from runs that shared their cores with other work is left out (and counted).
-            "train_tokens_per_s_median": quiet(done).train_tokens_per_s.median(),
-            "decode_tokens_per_s_median": quiet(done).decode_tokens_per_s.median(),
-            "n_contended": int((done.contended == 1).sum()) if "contended" in done else 0,
+            # Throughput of runs that shared their cores: left out where quiet runs exist, else shown and flagged.
+            **_speed(done),
             "grad_norm_max": done.grad_norm_max.max(),
             "loss_spikes_mean": done.loss_spikes.mean(),
             "lr": cell.lr.iloc[0] if cell.lr.nunique() == 1 else math.nan,
@@ -125,11 +148,11 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def mha_ppl(table: pd.DataFrame) -> pd.Series:
-    """Each row's MHA reference: G = H of the same model; a parameter-matched model without its own G = H run
-    uses the plain model's (matching widens nothing at G = H)."""
+    """Each row's MHA reference: G = H of the same model; a parameter-matched model (or one of another head size)
+    without its own G = H run uses the plain model's (matching widens nothing at G = H)."""
     mha = table[table.G == table.n_heads]
     own = table.model.map(mha.set_index("model").val_ppl_mean)
-    plain = mha[mha.param_match == "none"].set_index("base_model").val_ppl_mean
+    plain = mha[(mha.param_match == "none") & (mha.model == mha.base_model)].set_index("base_model").val_ppl_mean
     return own.astype(float).fillna(table.base_model.map(plain).astype(float))
 
 
@@ -215,17 +238,15 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
 # ------------------------------------------------------------------------------------------ formatting
 
 
-def _num(x: float, fmt: str) -> str:
-    return DASH if x is None or pd.isna(x) else format(x, fmt)
-
-
 def _measured(x: float, fmt: str, n_completed: int) -> str:
     """A cell whose completed runs did not measure it (too short for the spike window or the throughput
     warm-up) says so instead of a dash that reads as "no run" or a 0 that reads as "none"."""
-    return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else _num(x, fmt)
+    return NOT_MEASURED if n_completed and (x is None or pd.isna(x)) else num(x, fmt)
 
 
-def _throughput(text: str, n_contended: int) -> str:
+def _throughput(text: str, n_contended: int, shared: bool) -> str:
+    if shared:
+        return f"{text} ({CONTENDED})"
     return text if not n_contended else f"{text} ({n_contended} contended left out)"
 
 
@@ -238,12 +259,6 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _mean_std(mean: float, std: float, n: int) -> str:
-    if n == 0:
-        return DASH
-    return f"{mean:.2f} ± {_num(std, '.2f')}"
-
-
 def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     """Display strings of the ablation table (Markdown/LaTeX)."""
     out = pd.DataFrame({
@@ -251,15 +266,16 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
         "G": t.G.astype(str),
         "H/G": t.group_size.astype(str),
         "params": t.n_params.map(_si),
-        "KV B/token": t.kv_bytes_per_token.map(lambda x: _num(x, ",.0f")),
-        "KV % of MHA": t.kv_pct_of_mha.map(lambda x: _num(x, ".1f") + "%"),
-        "val ppl": [_mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
+        "KV B/token": t.kv_bytes_per_token.map(lambda x: num(x, ",.0f")),
+        "KV % of MHA": t.kv_pct_of_mha.map(lambda x: num(x, ".1f") + "%"),
+        "val ppl": [mean_std(m, s, n, ".2f") for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": t.n_completed.astype(str),
         "Δ ppl vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
-        "train tok/s": [_throughput(_measured(x, ",.0f", n), k)
-                        for x, n, k in zip(t.train_tokens_per_s_median, t.n_completed, t.n_contended)],
-        "decode tok/s": [_throughput(_num(x, ",.0f"), k) for x, k in zip(t.decode_tokens_per_s_median, t.n_contended)],
-        "grad-norm max": t.grad_norm_max.map(lambda x: _num(x, ".2f")),
+        "train tok/s": [_throughput(_measured(x, ",.0f", n), k, c) for x, n, k, c in
+                        zip(t.train_tokens_per_s_median, t.n_completed, t.n_contended, t.throughput_contended)],
+        "decode tok/s": [_throughput(num(x, ",.0f"), k, c) for x, k, c in
+                         zip(t.decode_tokens_per_s_median, t.n_contended, t.throughput_contended)],
+        "grad-norm max": t.grad_norm_max.map(lambda x: num(x, ".2f")),
         "loss spikes": [_measured(x, ".2f", n) for x, n in zip(t.loss_spikes_mean, t.n_completed)],
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
@@ -267,24 +283,24 @@ def display_ablation(t: pd.DataFrame) -> pd.DataFrame:
     if t.lr_selected.any():
         out["best lr"] = [_best_lr(x, edge) for x, edge in zip(t.lr, t.best_lr_at_edge)]
     if (t.param_match != "none").any():
-        out.insert(4, "d_ff", t.d_ff.map(lambda x: _num(x, ".0f")))
+        out.insert(4, "d_ff", t.d_ff.map(lambda x: num(x, ".0f")))
     return out
 
 
 
 def _best_lr(lr: float, at_edge: bool) -> str:
-    return _num(lr, "g") + (f" {EDGE}" if at_edge else "")
+    return num(lr, "g") + (f" {EDGE}" if at_edge else "")
 
 
 def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
     lr_cols = [c for c in t if c.startswith("loss_lr=")]
     out = t[["model"]].assign(G=t.G.astype(str))
     for c in lr_cols:
-        out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: _num(x, ".3f"))
+        out[f"loss @ lr={c.split('=')[1]}"] = t[c].map(lambda x: num(x, ".3f"))
     return out.assign(**{
         "best lr": [_best_lr(x, edge) for x, edge in zip(t.best_lr, t.best_lr_at_edge)],
-        "LR sensitivity": t.lr_sensitivity.map(lambda x: _num(x, ".3f")),
-        "loss_init (ln V)": t.loss_init.map(lambda x: _num(x, ".3f")),
+        "LR sensitivity": t.lr_sensitivity.map(lambda x: num(x, ".3f")),
+        "loss_init (ln V)": t.loss_init.map(lambda x: num(x, ".3f")),
         "diverged": [f"{k}/{n}" for k, n in zip(t.n_diverged, t.n_runs)],
         "failed": [f"{k}/{n}" for k, n in zip(t.n_failed, t.n_runs)],
     })
@@ -292,8 +308,8 @@ def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
 
 def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
     t = t.assign(
-        col=t.alpha.map(lambda a: "α=" + _num(a, "g")),
-        cell=[f"{_mean_std(m, s, n)} ({n}/{N})" for m, s, n, N in
+        col=t.alpha.map(lambda a: "α=" + num(a, "g")),
+        cell=[f"{mean_std(m, s, n, '.2f')} ({n}/{N})" for m, s, n, N in
               zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed, t.n_runs)],
     )
     alphas = sorted(t.alpha.dropna().unique())
@@ -301,7 +317,7 @@ def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
     wide = t.pivot_table(index=["model", "G", "method"], columns="col", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=cols).fillna(DASH).reset_index()
     wide.columns.name = None
-    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: _num(x, ".2f"))
+    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: num(x, ".2f"))
     wide["MHA parent ppl"] = parent.to_numpy()
     return wide.assign(G=wide.G.astype(str))
 
@@ -325,22 +341,9 @@ def to_markdown(name: str, table: pd.DataFrame) -> str:
     return f"### {TITLES[name]}\n\n{body}\n\n{NOTES[name]}\n"
 
 
-_LATEX = str.maketrans({
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "±": r"$\pm$", "—": "--", "Δ": r"$\Delta$", "α": r"$\alpha$", "→": r"$\to$",
-    "×": r"$\times$",
-})
-
-
 def to_latex(name: str, table: pd.DataFrame) -> str:
-    """One table as a booktabs LaTeX `table` (pandas Styler: \\toprule, \\midrule, \\bottomrule)."""
-    shown = DISPLAY[name](table)
-    shown = shown.map(lambda s: str(s).translate(_LATEX))
-    shown.columns = [c.translate(_LATEX) for c in shown.columns]
-    return shown.style.hide(axis="index").to_latex(
-        hrules=True, column_format="l" + "r" * (shown.shape[1] - 1),
-        caption=TITLES[name].translate(_LATEX), label=f"tab:{name}", position_float="centering",
-    )
+    """One table as a booktabs LaTeX `table` that pdflatex compiles (report/latex.py)."""
+    return latex_table(DISPLAY[name](table), TITLES[name], f"tab:{name}")
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path, formats: Sequence[str]) -> list[Path]:

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion
+from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion, mean_std, num
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {"variants": "Attention variants at their KV bytes per token: MHA / GQA / MQA, GTA and MLA"}
@@ -98,15 +98,11 @@ def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def display_variants(t: pd.DataFrame) -> pd.DataFrame:
-    def num(x, fmt):
-        return DASH if pd.isna(x) else format(x, fmt)
-
     return pd.DataFrame({
         "model": t.model, "variant": t.variant,
         "KV B/token": t.kv_bytes_per_token.map(lambda x: num(x, ",.0f")),
         "params": t.n_params.map(lambda x: num(x / 1e3, ".1f") + "K"),
-        "val ppl": [DASH if n == 0 else f"{m:.3f} ± {num(s, '.3f')}"
-                    for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
+        "val ppl": [mean_std(m, s, n) for m, s, n in zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed)],
         "n": [f"{n}/{N}" for n, N in zip(t.n_completed, t.n_runs)],
         "Δ vs MHA": t.delta_ppl_vs_mha_pct.map(lambda x: DASH if pd.isna(x) else f"{x:+.2f}%"),
         "Pareto": t.pareto.map(lambda p: "✓" if p else ""),
