@@ -19,7 +19,7 @@ import pytest
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.prepare import cache_key, delimiter_on, make_source, prepare, tokenizer_settings
 from gqa_sweep.data.progress import Progress
-from gqa_sweep.data.sources import SNIFF_BYTES, split_text
+from gqa_sweep.data.sources import SNIFF_BYTES
 from gqa_sweep.data.spec import REPEAT_WARN_EPOCHS, check_data
 from gqa_sweep.store.locks import file_lock
 from gqa_sweep.store.results import ResultsStore, StoreError
@@ -214,19 +214,3 @@ def test_gqa_prepare_help_names_the_data_keys_and_where_the_shards_go():
     for fragment in ("data.path=null", "data.tokenizer=bpe", "data.vocab_size=1024", "data.name=null",
                      "data.cache_dir=${results_dir}/cache", "Where the shards go: data.cache_dir/<key>/"):
         assert fragment in proc.stdout
-
-
-def test_ladder_corpus_pieces_come_from_the_one_text_splitter(tmp_path):
-    from gqa_sweep.scaling.corpus import PIECE, build
-
-    build_dir = tmp_path / "b"
-    (build_dir / "kernel-docs").mkdir(parents=True)
-    (build_dir / "kernel-docs" / "a.txt").write_text("kernel doc A\n")
-    (build_dir / "kernel-docs" / "translations_it.txt").write_text("documentazione\n")
-    gcide = "".join(f"entry {i}: a word and its meaning\n" for i in range(1000))
-    (build_dir / "gcide.txt").write_text(gcide)
-    n = build(build_dir, tmp_path / "out.txt")
-    text = (tmp_path / "out.txt").read_text()
-    parts = split_text(gcide, PIECE)
-    assert len(parts) > 1 and all(p in text for p in parts) and "kernel doc A" in text
-    assert "documentazione" not in text and n == len(text) == len(gcide) + len("kernel doc A\n") + len(parts)
