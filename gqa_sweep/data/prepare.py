@@ -9,7 +9,8 @@ The output directory is `cache_dir/<key>`, the key a hash of the source's identi
 an HF fingerprint), the tokenizer's identity, the split, the delimiter policy, the shard size and the format.
 `meta.json` is written last: a directory without it is incomplete and is never read. An interrupted prepare
 (even kill -9) resumes from `state.json` (the reading cursor and the shards written), and ends with the same
-bytes as an uninterrupted one. Parallel jobs serialise on a lock file (flock) and share the result.
+bytes as an uninterrupted one, while one that fails on bad data (DataError) removes its directory and lock.
+Parallel jobs serialise on a lock file (flock), a waiting one says for whom, and share the result.
 """
 
 from __future__ import annotations
