@@ -116,3 +116,11 @@ def test_op_classes_split_a_profile_by_kind():
     assert t["matmul"] == 8.0 and t["elementwise (norms, RoPE, SwiGLU, adds)"] == 1.0 and t["optimizer"] == 0.4
     assert t["softmax / cross-entropy"] == 0.3 and t["copies and casts"] == 0.2 and t["attention (SDPA)"] == 0.1
     assert op_classes(evts).set_index("op class").share["matmul"] == "80.0%"
+
+
+def test_help_lists_all_six_subcommands():
+    from gqa_sweep.bench.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "{attention,decode,serve,train,startup,peak}" in text
+    assert "start-up time of gqa-sweep's bad-input path" in text and "the peak FLOP/s behind MFU" in text

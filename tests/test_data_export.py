@@ -66,6 +66,15 @@ def test_char_run_exports_its_delimiter(tmp_path):
     assert t.eos_token == "<|endoftext|>" and t.eos_token_id == tok.delimiter == 5
 
 
+def test_a_run_without_delimiters_exports_saying_why_it_has_no_eos(tmp_path, capsys):
+    tok = CharTokenizer("abc \n", eot=False)  # a single text file: data.delimiter=auto adds none
+    hf_tokenizer(tok).save(str(tmp_path / "tokenizer.json"))
+    out = export_run(tmp_path, tmp_path / "tokenizer.json", tok.vocab_size)
+    assert "tokenizer.json (no eos: the run trained on one stream without document delimiters" in \
+        capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] is None
+
+
 MC_TASK = """task: gqa_tiny_mc
 dataset_path: json
 dataset_kwargs:

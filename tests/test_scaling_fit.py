@@ -16,8 +16,8 @@ from gqa_sweep.scaling.points import synthetic
 # L = 1.5 + 50 N^-0.3 at 5 sizes log-spaced over 30x from N = 1e5
 E, A, ALPHA = 1.5, 50.0, 0.3
 SIZES = np.logspace(5, np.log10(3e6), 5)
-# CI keeps shared/ beside the clone (X/main, X/shared); the CSV has no licence of its own, so it is not copied in
-CHINCHILLA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chinchilla-svg-extracted.csv"
+# Epoch AI's points from the Chinchilla paper's Fig. 4, in the repository with their source (tests/data/chinchilla)
+CHINCHILLA = Path(__file__).resolve().parent / "data" / "chinchilla" / "svg_extracted_data.csv"
 
 
 def test_law_gradient_matches_finite_differences():
@@ -85,7 +85,6 @@ def test_fewer_than_three_sizes_is_refused():
         fit_model(p, "M0")
 
 
-@pytest.mark.skipif(not CHINCHILLA.exists(), reason=f"{CHINCHILLA} not present (shared/ beside the repo)")
 def test_reproduces_epochs_chinchilla_fit():
     # Besiroglu et al. 2024: drop the 5 highest losses, D = FLOP / 6N, Huber (delta 1e-3) in log space from a
     # grid: E = 1.817, A = 478, alpha = 0.347, B = 2,144, beta = 0.367

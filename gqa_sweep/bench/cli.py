@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", parents=[common, model], help=TITLES["train"])
     for flag in ("batch", "seq", "steps"):
         tr.add_argument(f"--{flag}", type=positive)
+    # main() hands these two their own parsers (options of their own); listed here so --help names all six
+    sub.add_parser("startup", help="start-up time of gqa-sweep's bad-input path and --help (gqa-bench startup -h)")
+    sub.add_parser("peak", help="the peak FLOP/s behind MFU, per dtype (gqa-bench peak -h)")
     return p
 
 

@@ -39,8 +39,43 @@ def compose_data(overrides: list[str]) -> dict:
     return d
 
 
+PREPARED_GROUPS = ("text", "hf", "shakespeare")  # the data groups gqa-prepare tokenizes (tokens, mqar: as they are)
+
+
+def data_keys_help() -> str:
+    """The data groups and their keys with defaults and comments, read from the package's conf/data: the help says
+    what the config files say."""
+    from importlib.resources import files
+
+    conf = files("gqa_sweep.conf").joinpath("data")
+    groups = sorted(p.name.removesuffix(".yaml") for p in conf.iterdir() if p.name.endswith(".yaml"))
+    value: dict[str, str] = {}
+    comment: dict[str, str] = {}
+    for group in [g for g in PREPARED_GROUPS if g in groups]:
+        for line in conf.joinpath(f"{group}.yaml").read_text().splitlines():
+            if line[:1].isalpha() and ":" in line:
+                key, rest = line.split(":", 1)
+                v, _, c = rest.partition("#")
+                value.setdefault(key, v.strip())
+                if c.strip():
+                    comment.setdefault(key, c.strip())
+    lines = [(f"  data.{k}={v}".ljust(34) + f"  {comment.get(k, '')}").rstrip() for k, v in value.items()]
+    return "\n".join([
+        f"data groups (data=NAME): {', '.join(groups)}; gqa-prepare tokenizes {', '.join(PREPARED_GROUPS)}, a sweep "
+        "reads the others as they are",
+        "data keys (data.KEY=VALUE; the default shown is data=text's, else data=hf's):",
+        *lines,
+        "",
+        "Where the shards go: data.cache_dir/<key>/ (default results_dir/cache, i.e. results/cache/<key>/), the key",
+        "a hash of the corpus (paths, sizes, mtimes or the HF fingerprint), the tokenizer and the split. It holds",
+        "train-00000.bin ..., val-00000.bin ..., tokenizer.json and meta.json (written last); a sweep with the",
+        "same data config and results_dir (or data.cache_dir) reads them without reading any text.",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gqa-prepare", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="gqa-prepare", description=__doc__.split("\n\n")[0],
+                                 epilog=data_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("overrides", nargs="*", help="gqa-sweep overrides, e.g. data=text data.path=FILE")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)

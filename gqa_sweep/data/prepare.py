@@ -9,15 +9,19 @@ The output directory is `cache_dir/<key>`, the key a hash of the source's identi
 an HF fingerprint), the tokenizer's identity, the split, the delimiter policy, the shard size and the format.
 `meta.json` is written last: a directory without it is incomplete and is never read. An interrupted prepare
 (even kill -9) resumes from `state.json` (the reading cursor and the shards written), and ends with the same
-bytes as an uninterrupted one. Parallel jobs serialise on a lock file (flock) and share the result.
+bytes as an uninterrupted one, while one that fails on bad data (DataError) removes its directory and lock.
+Parallel jobs serialise on a lock file (flock), a waiting one says for whom, and share the result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from gqa_sweep.data.common import CACHE_FORMAT, DataError, atomic_write, token_dtype
-from gqa_sweep.data.progress import Progress
+from gqa_sweep.data.progress import Progress, counted
 from gqa_sweep.data.shards import HEADER_BYTES, inspect, shard_header
 from gqa_sweep.data.tokenizers import (
     BpeTokenizer,
@@ -37,6 +41,7 @@ from gqa_sweep.data.tokenizers import (
 )
 from gqa_sweep.store.locks import file_lock
 
+log = logging.getLogger("gqa_sweep.data")
 DEFAULT_SHARD_TOKENS = 100_000_000
 DEFAULT_BPE_SAMPLE_BYTES = 64 << 20
 STATE_EVERY_S = 2.0
@@ -181,7 +186,8 @@ class ShardWriter:
         self.f = None
         os.replace(self.partial(k), self.out / self.name(k))
         self.done.append({"file": self.name(k), "tokens": self.n, "docs": self.docs})
-        self.progress.note(f"wrote shard {self.name(k)} ({self.n:,} tokens, {self.docs:,} documents)")
+        docs = f", {counted(self.docs, 'document')}" if self.docs else ""  # a corpus without documents: none
+        self.progress.note(f"wrote shard {self.name(k)} ({self.n:,} tokens{docs})")
         self.n, self.docs = 0, 0
 
     def close(self) -> None:
@@ -280,11 +286,27 @@ def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
         on_hit(hit)
     if hit:
         return out
-    with file_lock(cache_dir / f".{out.name}.lock"):
-        if (out / "meta.json").exists():  # another job prepared it while we waited
-            return out
-        out.mkdir(parents=True, exist_ok=True)
-        _prepare_into(out, d, source, settings, progress)
+    lock = cache_dir / f".{out.name}.lock"
+    made_cache_dir = not cache_dir.exists()
+
+    def waiting(holder: int | None) -> None:
+        log.info("waiting for %s, which is preparing this corpus into %s; its shards will be shared",
+                 f"process {holder}" if holder else "another process", out)
+
+    try:
+        with file_lock(lock, on_wait=waiting, remove=True):
+            if (out / "meta.json").exists():  # another job prepared it while we waited
+                return out
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                _prepare_into(out, d, source, settings, progress)
+            except DataError:  # the corpus or the settings are bad: nothing in `out` is worth resuming from
+                shutil.rmtree(out, ignore_errors=True)
+                raise
+    finally:
+        if made_cache_dir and not (out / "meta.json").exists():
+            with contextlib.suppress(OSError):  # only when empty: another job may be using it
+                cache_dir.rmdir()
     return out
 
 
@@ -332,10 +354,12 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
             if tok.delimiter is not None and (p.first if bos else p.last):
                 delim = np.array([tok.delimiter], dtype)
                 arr = np.concatenate([delim, arr] if bos else [arr, delim])
-            finished |= writers[split].write(arr, int(p.first))
-            docs += int(p.first)
+            # a corpus without documents is one, though its val part starts a piece of its own
+            new_doc = int(p.first and (source.structured or p.doc == 0))
+            finished |= writers[split].write(arr, new_doc)
+            docs += new_doc
             bytes_read += p.nbytes
-        progress.update(sum(p.nbytes for p in batch), f"{docs:,} documents")
+        progress.update(sum(p.nbytes for p in batch), counted(docs, "document"))
         if finished or time.perf_counter() - last_save >= STATE_EVERY_S:
             _save_state(state_path, batch[-1].cursor, writers, docs, bytes_read, source.replaced.count)
             last_save = time.perf_counter()
@@ -367,7 +391,7 @@ def _prepare_into(out: Path, d: dict, source, settings: dict, progress: Progress
     n_train = sum(s["tokens"] for s in meta["shards"]["train"])
     n_val = sum(s["tokens"] for s in meta["shards"]["val"])
     replaced = f", {source.replaced.count:,} undecodable bytes replaced" if source.replaced.count else ""
-    progress.note(f"prepared {out}: {n_train:,} train / {n_val:,} val tokens, {docs:,} documents{replaced}")
+    progress.note(f"prepared {out}: {n_train:,} train / {n_val:,} val tokens, {counted(docs, 'document')}{replaced}")
 
 
 def _saved(tok) -> bytes:

@@ -10,6 +10,11 @@ log = logging.getLogger("gqa_sweep.data")
 LINE_EVERY_S = 10.0
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 document`, `2 documents`, `1,000 documents`."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 class Progress:
     def __init__(self, enabled: bool = True, stream=None) -> None:
         self.stream = stream or sys.stderr

@@ -26,6 +26,7 @@ from pathlib import Path
 from gqa_sweep.data.common import PATH_HINT, DataError
 
 PIECE_BYTES = 1 << 20
+SNIFF_BYTES = 8192  # the head of each file read by `sniff_text`: enough to tell text from a binary at once
 ROW_SUFFIXES = (".jsonl", ".parquet")  # one row = one document; every other file is one document of text
 
 
@@ -122,6 +123,31 @@ def resolve_files(path: str, suffixes: list[str] | None = None) -> list[Path]:
     raise DataError(f"data.path={path} does not exist; {PATH_HINT}")
 
 
+def not_utf8(path: str, where: Path, offset: int) -> DataError:
+    return DataError(f"data.path={path}: {where} is not UTF-8 (invalid byte at offset {offset}); pass "
+                     "data.encoding_errors=replace, convert it (iconv -t UTF-8) or leave it out of data.path")
+
+
+def sniff_text(files: list[Path], path: str, errors: str = "strict") -> None:
+    """Refuse a file that is not text from its first SNIFF_BYTES, before any tokenizer reads the corpus: a NUL
+    byte (no text encoding data.path takes has one; executables, archives and images do), or, with strict
+    errors, bytes that are not UTF-8. Parquet is binary by design and is checked by its schema instead."""
+    for f in files:
+        if f.suffix == ".parquet":
+            continue
+        with open(f, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+        nul = head.find(b"\0")
+        if nul >= 0:
+            raise DataError(f"data.path={path}: {f} is not text (a NUL byte at offset {nul}: a binary file); pass "
+                            "UTF-8 text files, or leave it out (a directory: data.suffixes=[.txt,.md])")
+        if errors == "strict":
+            try:  # an incremental decode: a character cut at the end of the head is not an error
+                codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, f, e.start) from None
+
+
 def dataset_label(path: str) -> str:
     """The dataset's name: the path as the user gave it (a glob stays a glob), home shortened."""
     return "text:" + path.rstrip("/")
@@ -136,6 +162,7 @@ class TextSource:
             raise DataError(f"data.encoding_errors={encoding_errors} is unknown; use strict or replace")
         self.path, self.text_field, self.errors = path, text_field, encoding_errors
         self.files = resolve_files(path, suffixes)
+        sniff_text(self.files, path, encoding_errors)
         self.val_fraction = val_fraction
         self.structured = len(self.files) > 1 or self.files[0].suffix in ROW_SUFFIXES
         self.replaced = ReplaceCounter()
@@ -156,9 +183,7 @@ class TextSource:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"data.path={self.path}: {where} is not UTF-8 (invalid byte at offset "
-                            f"{offset + e.start}); pass data.encoding_errors=replace, convert it (iconv -t UTF-8) "
-                            "or leave it out of data.path") from None
+            raise not_utf8(self.path, where, offset + e.start) from None
 
     def pieces(self, cursor: tuple | None = None) -> Iterator[Piece]:
         fi, pos, doc, _ = cursor or (0, 0, 0, False)

@@ -20,6 +20,11 @@ SOURCES = ("shakespeare", "text", "hf", "tokens", "mqar")
 # offsets of version 1), so they are kept and reported, never reused as this computation. MQAR is unversioned:
 # its batches did not change.
 CORPUS_ORDER = 2
+# Passes over the train split past which a run warns that its data repeated. Up to ~4 epochs, repeated tokens
+# train about as well as new ones (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models", arXiv
+# 2305.16264), so a repeat below it is a deliberate choice, not a confound: the default sweep reads tiny
+# Shakespeare 1.2 times by design. The row's `epochs` records every run's passes either way.
+REPEAT_WARN_EPOCHS = 4.0
 
 
 def data_label(d: dict) -> str:
@@ -109,11 +114,12 @@ def _check_tokenizer(d: dict) -> None:
 
 
 def _check_text(d: dict) -> None:
-    from gqa_sweep.data.sources import resolve_files
+    from gqa_sweep.data.sources import TextSource
 
     if not d.get("path"):
         raise DataError(f"data.path is required for data=text; {PATH_HINT}")
-    found = resolve_files(str(d["path"]), d.get("suffixes"))
+    # the files, and the first bytes of each (a binary is refused here, before any tokenizer training)
+    found = TextSource(str(d["path"]), d.get("suffixes"), encoding_errors=d.get("encoding_errors", "strict")).files
     if sum(f.stat().st_size for f in found) == 0:
         raise DataError(f"data.path={d['path']}: the file(s) are empty; {PATH_HINT} with some text in it")
     field = d.get("text_field", "text")

@@ -11,11 +11,14 @@ Files whose name contains "val" are the validation split, the others train.
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.shards import ShardInfo, TokenStream, inspect
@@ -123,8 +126,30 @@ def _vocab_of(infos: list[ShardInfo], d: dict, directory: Path) -> int:
                         "tokenizer")
     if from_headers:
         return from_headers.pop()
-    vocab = d.get("vocab_size") or nanogpt_vocab(directory) or GPT2_VOCAB
+    given, pkl = d.get("vocab_size"), nanogpt_vocab(directory)
+    vocab = given or pkl or GPT2_VOCAB
     limit = 1 << (8 * infos[0].dtype.itemsize)
     if vocab > limit:
         raise DataError(f"data.vocab_size={vocab} does not fit {infos[0].dtype.name} ids; set data.dtype=uint32")
+    source = "data.vocab_size" if given else f"{directory / 'meta.pkl'}" if pkl else \
+        "GPT-2's, the default for headerless files"
+    for info in infos:  # headerless ids were never checked by a writer: an id >= vocab would fail in the embedding
+        top = max_id(info.path, info.dtype.str)
+        if top >= vocab:
+            other = "uint32 if it wrote 4-byte ids" if info.dtype.itemsize == 2 else "uint16 if it wrote 2-byte ids"
+            raise DataError(f"token file {info.path} holds id {top:,}, outside the vocabulary of {vocab:,} ids "
+                            f"({source}) read as {info.dtype.name}; set data.vocab_size to the vocabulary of the "
+                            f"tokenizer that wrote it (above {top:,}), or data.dtype={other}")
     return int(vocab)
+
+
+def max_id(path: Path, dtype: str) -> int:
+    """The largest id in a headerless token file (cached per process while its size and mtime stay the same)."""
+    st = path.stat()
+    return _max_id(path, dtype, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_id(path: Path, dtype: str, size: int, mtime_ns: int, chunk: int = 1 << 26) -> int:
+    ids = np.memmap(path, dtype=np.dtype(dtype), mode="r") if size else np.zeros(0, dtype)
+    return max((int(ids[i:i + chunk].max()) for i in range(0, len(ids), chunk)), default=-1)  # memory stays flat

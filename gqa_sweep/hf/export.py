@@ -252,6 +252,14 @@ def load_hf_dir(path: str | Path) -> DecoderLM:
     return from_hf(hf)
 
 
+# A model trained on one stream without document delimiters (a single text file, tiny Shakespeare: data.delimiter
+# auto leaves them out) never saw an end-of-text token, so there is none to declare and generation stops only at
+# max_new_tokens. Said on export, with the change that gives one.
+NO_EOS_NOTE = ("(no eos: the run trained on one stream without document delimiters, e.g. a single text file, so "
+               "generate() runs to max_new_tokens; a corpus of documents (a directory or .jsonl) gives an "
+               "end-of-text token)")
+
+
 def export_delimiter(hf: PreTrainedModel, run_tokenizer: Path) -> str | None:
     """Declare the run's document delimiter as the model's eos and bos (config and generation config).
 
@@ -312,7 +320,7 @@ def export_main(argv: list[str] | None = None) -> int:
         transformers.PreTrainedTokenizerFast(
             tokenizer_file=str(run_tokenizer), clean_up_tokenization_spaces=False, **specials  # our decode is exact
         ).save_pretrained(out)
-        tokenizer_note = "tokenizer.json" + (f" (eos = bos = {delim})" if delim else "")
+        tokenizer_note = "tokenizer.json " + (f"(eos = bos = {delim})" if delim else NO_EOS_NOTE)
     else:
         tokenizer_note = f"no tokenizer (none at {run_tokenizer})"
     umask = os.umask(0)

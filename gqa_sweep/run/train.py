@@ -11,6 +11,7 @@ from pathlib import Path
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from gqa_sweep.data.spec import REPEAT_WARN_EPOCHS
 from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job, plan_spec
 from gqa_sweep.run.build import build_data, build_module, build_run_dir, seed_and_threads
 from gqa_sweep.run.loggers import build_loggers, finish_wandb
@@ -109,7 +110,7 @@ def record_run(plan: RunPlan, row: dict, metrics, module, run_dir: Path) -> None
         log.warning("%s was contended (CPU util %.0f %%, load %.1f-%.1f on %d cores): its throughput is not "
                     "comparable; rerun it on a quiet machine with force=true", plan.name, 100 * row["cpu_util"],
                     row["load_start"], row["load_end"], os.cpu_count() or 1)
-    if (row.get("epochs") or 0) > 1:
+    if (row.get("epochs") or 0) > REPEAT_WARN_EPOCHS:
         log.warning("%s read its train split %.1f times (tokens_seen / data_train_tokens): the data repeated; "
                     "a larger corpus or fewer steps keeps every token new", plan.name, row["epochs"])
     eta = eta_line(plan.store)

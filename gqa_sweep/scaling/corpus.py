@@ -15,17 +15,9 @@ import random
 import sys
 from pathlib import Path
 
-PIECE = 4096
+from gqa_sweep.data.sources import split_text
 
-
-def pieces(text: str, size: int = PIECE) -> list[str]:
-    out, start = [], 0
-    while start < len(text):
-        end = text.find("\n", start + size)
-        end = len(text) if end < 0 else end + 1
-        out.append(text[start:end])
-        start = end
-    return out
+PIECE = 4096  # characters per GCIDE piece (cut at line ends): entries shuffle in among the kernel documents
 
 
 def build(build_dir: str | Path, out: str | Path, seed: int = 0) -> int:
@@ -33,7 +25,7 @@ def build(build_dir: str | Path, out: str | Path, seed: int = 0) -> int:
     docs = [p.read_text(encoding="utf-8", errors="replace") for p in sorted((d / "kernel-docs").glob("*.txt"))
             if not p.name.startswith("translations_")]
     gcide = (d / "gcide.txt").read_bytes().decode("utf-8", errors="replace")  # 3 stray cp1252 bytes upstream
-    parts = docs + pieces(gcide)
+    parts = docs + split_text(gcide, PIECE)
     random.Random(seed).shuffle(parts)
     text = "\n".join(parts)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

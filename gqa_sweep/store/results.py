@@ -11,6 +11,7 @@ import json
 import math
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
@@ -152,18 +153,23 @@ class ResultsStore:
         self.path = db_path(self.dir)
 
     def check_writable(self) -> None:
-        """Fail early, before any training, if the store could not be created or written; creates nothing."""
+        """Fail early, before any training, if the store could not be created or written; leaves nothing behind.
+
+        Permission bits are not enough: root may write anywhere by them, yet /proc, a read-only mount or a full
+        disk refuse, so a directory is really made (and removed) in the nearest existing ancestor."""
         existing = self.dir
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
             why = f"{existing} is not a directory"
-        elif not os.access(existing, os.W_OK | os.X_OK):
-            why = f"no write permission on {existing}"
         elif self.path.exists() and not os.access(self.path, os.W_OK):
             why = f"no write permission on {self.path}"
         else:
-            return
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".gqa-write-check-", dir=existing))
+                return
+            except OSError as e:
+                why = f"{existing}: {e.strerror or e}"
         raise StoreError(
             f"results_dir={str(self.dir)!r} is not writable ({why}); "
             "pass a writable directory, e.g. results_dir=$HOME/gqa-results"
