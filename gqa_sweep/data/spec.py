@@ -16,8 +16,8 @@ from gqa_sweep.data.common import PATH_HINT, DataError
 
 SOURCES = ("shakespeare", "text", "hf", "tokens", "mqar")
 # Which training batches a corpus config gives, part of every corpus run's identity (gqa_sweep.plan): 2 = windows
-# drawn by Philox(seed, step) over memory-mapped token shards (2026-12). Rows stored before it carry none (the
-# offsets of version 1), so they are kept and reported, never reused as this computation. MQAR is unversioned:
+# drawn by Philox(seed, step) over memory-mapped token shards. Rows stored before it carry none (the offsets of
+# version 1), so they are kept and reported, never reused as this computation. MQAR is unversioned:
 # its batches did not change.
 CORPUS_ORDER = 2
 # Passes over the train split past which a run warns that its data repeated. Up to ~4 epochs, repeated tokens
