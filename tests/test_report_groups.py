@@ -139,3 +139,9 @@ def test_another_head_size_at_the_same_g_is_another_row(tmp_path):
     t = report.build_tables(runs)["ablation"].query("G == 1").set_index("model")
     assert t.loc["tiny", "val_ppl_mean"] == 7.0 and t.loc["tiny (d_head=32)", "val_ppl_mean"] == 8.0
     assert t.loc["tiny (d_head=32)", "delta_ppl_vs_mha_pct"] == pytest.approx(100 * (8 / 6 - 1))
+
+
+def test_a_wandb_config_names_its_run_without_splitting():
+    rows = [_row(CHAR, G, seed, 7.0) for G in (1, 8) for seed in (0, 1)]
+    runs = pd.DataFrame([r | {"config": r["config"] | {"run_id": r["run_id"]}} for r in rows])
+    assert len(split(runs)) == 1 and context_keys(runs) == []

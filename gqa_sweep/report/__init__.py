@@ -1,6 +1,7 @@
 """The report: results store -> ablation tables (Markdown, LaTeX, CSV) and plots; `gqa-report` is `cli.main`."""
 
 from gqa_sweep.report.cli import main
+from gqa_sweep.report.conversion import conversion_table
 from gqa_sweep.report.groups import split
 from gqa_sweep.report.load import (
     ReportError,
@@ -23,7 +24,6 @@ from gqa_sweep.report.tables import (
     TITLES,
     ablation_table,
     build_tables,
-    conversion_table,
     lr_sensitivity_table,
     to_latex,
     to_markdown,

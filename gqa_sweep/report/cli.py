@@ -31,7 +31,9 @@ from gqa_sweep.store.results import load_history
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gqa-report",
-        description="Paper-style ablation tables (Markdown, LaTeX, CSV) and plots from a gqa-sweep results store.",
+        description="Paper-style ablation tables (Markdown, LaTeX, CSV) and plots from a gqa-sweep results store. "
+                    "Runs that differ in more than seed and the compared axes (G, lr, ...), e.g. in their data or "
+                    "tokenizer, are never averaged: each such group is reported apart, under OUT/<group>/.",
     )
     p.add_argument("results_dir", nargs="?", help="the results_dir the sweep wrote (holds runs.sqlite)")
     p.add_argument("--sweep", help="only this sweep's runs (default: every run in the store)")
@@ -90,7 +92,10 @@ def _report(args: argparse.Namespace) -> list[Path]:
     written = []
     for i, g in enumerate(groups, 1):
         print(f"\n## Group {i}/{len(groups)}: {g.label} ({len(g.runs)} runs) -> {out / g.slug}/\n")
-        written += _one_group(args, g.runs.reset_index(drop=True), all_runs, out / g.slug)
+        try:
+            written += _one_group(args, g.runs.reset_index(drop=True), all_runs, out / g.slug)
+        except ReportError as e:
+            raise ReportError(f"group {i}/{len(groups)} ({g.label}): {e}") from None
     return written
 
 

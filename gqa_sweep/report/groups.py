@@ -34,7 +34,8 @@ SIZE_TIED = ("model.", "trainer.max_steps", "trainer.val_check_interval", "train
 NAMED_FIRST = ("data.source", "data.name", "data.config", "data.path", "data.tokenizer", "data.vocab_size",
                "trainer.max_steps", "trainer.precision", "trainer.accelerator", "data_name", "tokenizer")
 FALLBACK = ("data_name", "tokenizer", "vocab_size", "block_size", "batch_size", "precision")
-_NOT_IDENTITY = tuple(IDENTITY_EXCLUDE) + AXES
+# A wandb run's config also carries its run_id (gqa_sweep/run/loggers.py): a name, not part of the computation.
+_NOT_IDENTITY = (*IDENTITY_EXCLUDE, "run_id", "run_name", *AXES)
 
 
 @dataclass

@@ -5,8 +5,8 @@ Tables (each a raw numeric DataFrame, written as CSV, and a display DataFrame, w
   *completed* runs only; diverged and failed runs are never averaged in, they are counted as k/N.
 - `lr_sensitivity` (when a G was run at several learning rates): final val loss per lr, best lr and
   LR sensitivity = E_lr[min(loss(lr), loss_init) - min_lr min(loss(lr), loss_init)], loss_init = ln V.
-- `conversion` (when rows have init != scratch): val ppl by conversion method x uptraining fraction alpha,
-  with the MHA parent's ppl for reference (the GQA paper's Fig. 4/5)."""
+The other tables (conversion, stability, recall, fair, layouts, variants, scaling) live in their own modules
+and register their titles, notes and display functions here; `build_tables` collects every one the runs support."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from gqa_sweep.model.kv_formula import DTYPE_BYTES, kv_elements_per_layer
-from gqa_sweep.report import fair, layouts, recall, scaling, stability, variants
+from gqa_sweep.report import conversion, fair, layouts, recall, scaling, stability, variants
 from gqa_sweep.report.cells import (
     _counts,
     _ppl_stats,
@@ -30,7 +30,7 @@ from gqa_sweep.report.cells import (
     num,
 )
 from gqa_sweep.report.latex import latex_table
-from gqa_sweep.report.load import DASH, METHODS, prepare
+from gqa_sweep.report.load import DASH, prepare
 
 NOT_MEASURED = "not measured"
 CONTENDED = "contended"
@@ -40,7 +40,6 @@ EDGE = "⚠ edge of the grid: widen it"
 TITLES = {
     "ablation": "GQA ablation: quality, stability, speed and KV-cache size vs G",
     "lr_sensitivity": "Learning-rate sensitivity per G",
-    "conversion": "MHA → GQA conversion: val ppl by method × uptraining fraction α",
     **stability.TITLES,
 }
 NOTES = {
@@ -62,11 +61,6 @@ NOTES = {
         "loss(lr): final val loss, mean over seeds, a diverged or failed run counting as loss_init = ln V "
         "(a uniform predictor). LR sensitivity = mean over the lr grid of min(loss(lr), loss_init) − "
         "min over lr of the same; 0 means every lr reached the best loss. Best lr: lowest loss(lr)."
-    ),
-    "conversion": (
-        "val ppl mean ± sample std (n completed / N runs) per conversion method and uptraining fraction α "
-        "(α = — : no α recorded, e.g. a from-scratch run of the full budget). MHA parent: mean val ppl of "
-        "the parent runs the checkpoints were converted from."
     ),
     **stability.NOTES,
 }
@@ -186,38 +180,6 @@ def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
     return table[rest[:3] + lr_cols + rest[3:]]
 
 
-def conversion_table(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Tidy table of val ppl per (model, G, method, alpha) for MHA->GQA conversion; empty if there is none.
-
-    Scratch runs of the converted (model, G) are the baseline. `all_runs` is where the MHA parents are
-    looked up (they usually belong to another sweep than the conversions).
-    """
-    df = prepare(runs)
-    converted = df[df.init != "scratch"]
-    if converted.empty:
-        return pd.DataFrame()
-    parents = prepare(all_runs if all_runs is not None else runs)
-    parents = parents[parents.status == "completed"].set_index("run_id").val_ppl
-    targets = converted[["model", "n_kv_heads"]].drop_duplicates()
-    df = df.merge(targets, on=["model", "n_kv_heads"])
-    rows = []
-    for (model, G, method), cell in df.groupby(["model", "n_kv_heads", "init"], observed=True, sort=True):
-        parent_ids = converted[(converted.model == model) & (converted.n_kv_heads == G)].parent_run_id.dropna()
-        parent_ppl = parents.reindex(parent_ids.unique()).mean()
-        for alpha, acell in cell.groupby(cell.alpha.fillna(-1.0), sort=True):  # -1: alpha not recorded
-            acell = best_lr_runs(acell)
-            done = acell[acell.status == "completed"]
-            rows.append({
-                "model": str(model), "G": int(G), "method": method,
-                "alpha": math.nan if alpha < 0 else alpha,
-                **_ppl_stats(done), **_counts(acell), "parent_val_ppl": parent_ppl,
-            })
-    table = pd.DataFrame(rows)
-    rank = {m: i for i, m in enumerate(METHODS)}
-    order = table.method.map(lambda m: rank.get(m, len(METHODS)))
-    return table.assign(_o=order).sort_values(["model", "G", "_o", "method", "alpha"]).drop(columns="_o")
-
-
 def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """Every table the runs support, name -> raw numeric DataFrame (only non-empty ones)."""
     every_type, runs = runs, variants.gqa_runs(runs)  # GTA / MLA runs only in the variants table
@@ -225,7 +187,7 @@ def build_tables(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -> di
     tables = {
         "ablation": ablation_table(plain),
         "lr_sensitivity": lr_sensitivity_table(plain),
-        "conversion": conversion_table(runs, all_runs),
+        **conversion.conversion_tables(runs, all_runs),
         **stability.stability_tables(runs),
         **recall.recall_tables(runs),
         **fair.fair_tables(runs),
@@ -306,30 +268,13 @@ def display_lr_sensitivity(t: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def display_conversion(t: pd.DataFrame) -> pd.DataFrame:
-    t = t.assign(
-        col=t.alpha.map(lambda a: "α=" + num(a, "g")),
-        cell=[f"{mean_std(m, s, n, '.2f')} ({n}/{N})" for m, s, n, N in
-              zip(t.val_ppl_mean, t.val_ppl_std, t.n_completed, t.n_runs)],
-    )
-    alphas = sorted(t.alpha.dropna().unique())
-    cols = [f"α={a:g}" for a in alphas] + ([f"α={DASH}"] if t.alpha.isna().any() else [])
-    wide = t.pivot_table(index=["model", "G", "method"], columns="col", values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=cols).fillna(DASH).reset_index()
-    wide.columns.name = None
-    parent = t.groupby(["model", "G", "method"], sort=False).parent_val_ppl.first().map(lambda x: num(x, ".2f"))
-    wide["MHA parent ppl"] = parent.to_numpy()
-    return wide.assign(G=wide.G.astype(str))
-
-
 DISPLAY: dict[str, Callable[[pd.DataFrame], pd.DataFrame]] = {
     "ablation": display_ablation,
     "lr_sensitivity": display_lr_sensitivity,
-    "conversion": display_conversion,
     **stability.DISPLAY,
 }
 # The recall table (data=mqar) is built and shown by report/recall.py.
-for _module in (recall, fair, layouts, variants, scaling):  # scaling: built only by `gqa-report --scaling`
+for _module in (conversion, recall, fair, layouts, variants, scaling):  # scaling: built only by `gqa-report --scaling`
     TITLES.update(_module.TITLES)
     NOTES.update(_module.NOTES)
     DISPLAY.update(_module.DISPLAY)
