@@ -50,6 +50,28 @@ class Cache:
     def __init__(self, layers: list[tuple[torch.Tensor, ...]]) -> None:
         self.layers = layers
         self.length = 0  # tokens already stored
+        # Static mode (gqa_sweep/model/decode.py): the write position lives on the device, so a single-token step
+        # has fixed shapes and can be captured once and replayed without the host. A step then attends to the
+        # whole buffer under `mask` (True up to and including `pos`): torch's SDPA takes no per-sequence length.
+        self.pos: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self._slots: torch.Tensor | None = None
+
+    def make_static(self) -> None:
+        """Continue from `length` tokens with the position as a device tensor; one token per step from here on."""
+        dev = self.layers[0][0].device
+        self.pos = torch.tensor([self.length], device=dev)
+        self._slots = torch.arange(self.layers[0][0].shape[2], device=dev)
+
+    def static_step(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's RoPE rows of the tables and its mask of filled slots, both read from `pos` on the device."""
+        self.mask = (self._slots <= self.pos).view(1, 1, 1, -1)
+        return cos.index_select(0, self.pos), sin.index_select(0, self.pos)
+
+    def advance(self, T: int) -> None:
+        self.length += T
+        if self.pos is not None:
+            self.pos.add_(T)
 
     @property
     def batch_size(self) -> int:
@@ -69,6 +91,10 @@ class Cache:
 
     def append(self, layer: int, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Write this step's tensors after the cached tokens; return views of everything cached so far."""
+        if self.pos is not None:  # static: write at the device position, attend to the whole buffer under `mask`
+            for buf, x in zip(self.layers[layer], parts):
+                buf.index_copy_(2, self.pos, x)
+            return tuple(self.layers[layer])
         start, T = self.length, parts[0].shape[2]
         for buf, x in zip(self.layers[layer], parts):
             buf[:, :, start : start + T] = x
@@ -112,14 +138,6 @@ class LatentCache(Cache):
     def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
         shape = (batch_size, 1, cfg.block_size, cfg.kv_lora_rank + cfg.rope_dim)
         super().__init__([(torch.zeros(shape, device=device, dtype=dtype),) for _ in range(cfg.n_layers)])
-        self.d_c = cfg.kv_lora_rank
-
-    def append(self, layer: int, c: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor]:
-        start, T = self.length, c.shape[2]
-        (buf,) = self.layers[layer]
-        buf[:, :, start : start + T, : self.d_c] = c
-        buf[:, :, start : start + T, self.d_c :] = k_rope
-        return (buf[:, :, : start + T],)
 
 
 def new_cache(cfg: ModelConfig, batch_size: int, device, dtype) -> Cache:
@@ -150,6 +168,20 @@ class AttentionBase(nn.Module):
         if q.dtype not in (torch.bfloat16, torch.float16):
             return False
         return q.device.type == "cpu" if self.fp32_attention is None else self.fp32_attention
+
+    def attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One token's attention, q (B, H, 1, d) over the cached k, v (B, G, L, d): (B, 1, H * d), heads in order.
+
+        GQA's and GTA's decode step. Folded, the group's query heads become H/G query rows of its one K/V head, all
+        attending to every cached key. A static cache's mask always folds: SDPA has no fused kernel for a mask
+        with enable_gqa, while the folded call is a plain one (flash / memory-efficient / cuDNN on CUDA).
+        """
+        B = q.shape[0]
+        if mask is None and not self.folds(q):
+            return self.sdpa(q, k, v, causal=False).transpose(1, 2).reshape(B, 1, -1)
+        q = q.view(B, self.n_kv_heads, self.group_size, q.shape[-1])
+        with sdpa_context(self.cfg.sdpa_backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, 1, -1)
 
     def sdpa(self, q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
         """The training / prefill call: grouped over K/V heads, fp32 on the CPU for half inputs (see above)."""
@@ -206,13 +238,8 @@ class GQAAttention(AttentionBase):
         causal = _causal(T, cache)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if T == 1 and self.folds(x):
-            # (B, H, 1, d) -> (B, G, H/G, d): the group's query heads become G rows of H/G "positions",
-            # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
-            q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
-            with sdpa_context(self.cfg.sdpa_backend):
-                y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
-            return self.o_proj(y.reshape(B, 1, -1))
+        if T == 1:
+            return self.o_proj(self.attend_one(q, k, v, None if cache is None else cache.mask))
         y = self.sdpa(q, k, v, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -259,15 +286,10 @@ class GTAAttention(AttentionBase):
         if cache is not None:
             tied, k_rope = cache.append(layer, tied, k_rope)
         k = self.keys(tied, k_rope)  # G heads (a copy of the cache's unrotated part + k_R), never H
-        if T == 1 and self.folds(x):
-            # As GQA's folded step: the group's heads become H/G query rows of its one K/V head. Building K and
-            # calling SDPA measured as fast or faster on the CPU (one thread, fp32, B 4-16, 1k-4k tokens, G 1-4:
-            # 0.28-8.9 ms vs 0.28-9.0 ms, 10 of 12 shapes) than reading the tied state in place with two score
-            # matmuls, a softmax and a third matmul (docs/metrics.md).
-            q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
-            with sdpa_context(self.cfg.sdpa_backend):
-                y = F.scaled_dot_product_attention(q, k, tied)  # (B, G, H/G, d_head) = heads in order
-            return self.o_proj(y.reshape(B, 1, -1))
+        if T == 1:
+            # GQA's step with the tied state as V. Building K and calling SDPA measured as fast or faster on the CPU
+            # than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
+            return self.o_proj(self.attend_one(q, k, tied, None if cache is None else cache.mask))
         y = self.sdpa(q, k, tied, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -322,15 +344,15 @@ class MLAAttention(AttentionBase):
         B, T, _ = x.shape
         q_nope, q_rope = self.query(x, cos, sin)
         c, k_rope = self.latent(x, cos, sin)
-        if cache is not None and T == 1 and cache.length > 0:
-            return self.absorbed(q_nope, q_rope, *cache.append(layer, c, k_rope))
+        if cache is not None and T == 1 and (cache.length > 0 or cache.pos is not None):
+            return self.absorbed(q_nope, q_rope, *cache.append(layer, torch.cat((c, k_rope), -1)), mask=cache.mask)
         if cache is not None:  # a prefill: cache the pair, attend in the expanded form
-            cache.append(layer, c, k_rope)
+            cache.append(layer, torch.cat((c, k_rope), -1))
         q, k, v = self.expand(q_nope, q_rope, c, k_rope)
         y = self.sdpa(q, k, v, causal=T > 1, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, ckr: torch.Tensor) -> torch.Tensor:
+    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, ckr: torch.Tensor, mask=None) -> torch.Tensor:
         """One token against the cached [c ; k_R] (B, 1, L, d_c + d_R): scores q_nope W_UK . c + q_R . k_R, output
         (softmax . c) W_UV, so per-head K and V are never formed; the H heads are H query rows of one KV head."""
         B, H = q_nope.shape[0], self.cfg.n_heads
@@ -338,7 +360,7 @@ class MLAAttention(AttentionBase):
         q_c = torch.einsum("bhd,hdc->bhc", q_nope[:, :, 0], w[:, : self.dn])  # W_UK into the query
         q = torch.cat((q_c, q_rope[:, :, 0]), dim=-1).unsqueeze(1)  # (B, 1, H, d_c + d_R)
         with sdpa_context(self.cfg.sdpa_backend):
-            y = F.scaled_dot_product_attention(q, ckr, ckr[..., : self.dc], scale=self.scale)  # (B, 1, H, d_c)
+            y = F.scaled_dot_product_attention(q, ckr, ckr[..., : self.dc], attn_mask=mask, scale=self.scale)
         y = torch.einsum("bhc,hvc->bhv", y[:, 0], w[:, self.dn :])  # W_UV into the output
         return self.o_proj(y.reshape(B, 1, H * self.dv))
 
