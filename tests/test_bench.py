@@ -106,13 +106,15 @@ def test_op_classes_split_a_profile_by_kind():
 
     from gqa_sweep.bench.common import op_classes
 
-    evts = [SimpleNamespace(key=k, self_cpu_time_total=us) for k, us in (
+    evts = [SimpleNamespace(key=k, self_cpu_time_total=us, self_device_time_total=2 * us) for k, us in (
         ("aten::mm", 6000), ("aten::addmm", 2000), ("aten::mul", 500), ("aten::rsqrt", 500),
         ("aten::_fused_adamw_", 400), ("aten::_log_softmax", 300), ("aten::copy_", 200),
         ("aten::_scaled_dot_product_flash_attention_for_cpu", 100), ("autograd::engine::evaluate_function", 0),
         ("Optimizer.step#AdamW.step", 0),
     )]  # fmt: skip
-    t = op_classes(evts).set_index("op class")["self ms"]
+    t = op_classes(evts).set_index("op class")["self CPU ms"]
     assert t["matmul"] == 8.0 and t["elementwise (norms, RoPE, SwiGLU, adds)"] == 1.0 and t["optimizer"] == 0.4
     assert t["softmax / cross-entropy"] == 0.3 and t["copies and casts"] == 0.2 and t["attention (SDPA)"] == 0.1
     assert op_classes(evts).set_index("op class").share["matmul"] == "80.0%"
+    gpu = op_classes(evts, "cuda").set_index("op class")["self CUDA ms"]  # on a GPU: the GPU's time, not the host's
+    assert gpu["matmul"] == 16.0 and gpu["attention (SDPA)"] == 0.2

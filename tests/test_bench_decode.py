@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gqa_sweep.bench.common import weight_bytes
-from gqa_sweep.bench.decode import cache_bytes, decode_fn, first_tokens, hf_copy, hf_decode_fn, random_cache
+from gqa_sweep.bench.common import first_tokens, random_cache, weight_bytes
+from gqa_sweep.bench.decode import hf_copy, hf_decode_fn
+from gqa_sweep.bench.steps import decode_fn, static_fn
 from gqa_sweep.model.shape import ModelConfig, divisors
 from gqa_sweep.model.transformer import DecoderLM
 from tests.bench_helpers import assert_finite_positive, assert_header, run_quick
@@ -21,22 +22,28 @@ def test_decode_table(decode):
     df, md = decode
     contexts, B = [16, 32], 2
     assert sorted(zip(df["G"], df["context"])) == [(G, c) for G in divisors(4) for c in contexts]
-    assert_finite_positive(df, skip=("folded_hbm_frac",))
-    assert df["folded_hbm_frac"].isna().all()  # no datasheet bandwidth for a CPU
+    assert_finite_positive(df, skip=("hbm_frac",))
+    assert df["hbm_frac"].isna().all()  # no datasheet bandwidth for a CPU
+    assert set(df.decode_impl) == {"folded"} and "graph_tok_s" not in df  # eager on the CPU: no graph column
     cfg = ModelConfig(vocab_size=256, block_size=34, n_layers=2, d_model=64, n_heads=4, n_kv_heads=1)
     expected = 2 * df["G"] * cfg.d_head * cfg.n_layers * df["context"] * B * 4  # fp32
     assert df["cache_MiB"].tolist() == pytest.approx((expected / 2**20).tolist(), rel=1e-12)
     per_token = (df["cache_MiB"] + df["weight_MiB"]) * 2**20 / B
     assert df["bytes_per_token"].tolist() == pytest.approx(per_token.tolist(), rel=1e-12)
+    assert df["bytes_per_step"].tolist() == pytest.approx((per_token * B).tolist(), rel=1e-12)
     for impl in ("folded", "unfolded", "hf"):
         step = df[f"{impl}_ms_per_token"] / 1e3
         assert df[f"{impl}_tok_s"].tolist() == pytest.approx((B / step).tolist(), rel=1e-9)
         assert df[f"{impl}_GBps"].tolist() == pytest.approx((per_token * B / step / 1e9).tolist(), rel=1e-9)
     assert df["folded_over_hf"].tolist() == pytest.approx((df["folded_tok_s"] / df["hf_tok_s"]).tolist())
-    assert df["folded_frac_of_copy"].tolist() == pytest.approx((df["folded_GBps"] / df["copy_GBps"]).tolist())
+    assert df["frac_of_copy"].tolist() == pytest.approx((df["folded_GBps"] / df["copy_GBps"]).tolist())
     assert df["attn_hot_frac"].tolist() == pytest.approx((df["attn_hot_ms"] / df["attn_folded_ms"]).tolist())
     mha = df[df.G == 4].set_index("context")
-    assert mha["folded_vs_mha"].tolist() == [1.0, 1.0] and mha["attn_vs_proportional"].tolist() == [1.0, 1.0]
+    assert mha["vs_mha"].tolist() == [1.0, 1.0] and mha["attn_vs_proportional"].tolist() == [1.0, 1.0]
+    ideal = df.context.map(mha.bytes_per_step) / df.bytes_per_step  # MHA's bytes per step over this G's
+    assert df["ideal_vs_mha"].tolist() == pytest.approx(ideal.tolist()) and (df[df.G < 4].ideal_vs_mha > 1).all()
+    assert df["vs_ideal"].tolist() == pytest.approx((df.vs_mha / ideal).tolist())
+    assert (df.setup_s > 0).all()
     for _, row in df.iterrows():
         model = DecoderLM(ModelConfig(vocab_size=256, block_size=34, n_layers=2, d_model=64, n_heads=4,
                                       n_kv_heads=int(row.G)))  # fmt: skip
@@ -70,4 +77,7 @@ def test_folded_unfolded_and_hf_decode_the_same_tokens_from_the_same_cache(G):
     assert out["folded"][0].shape == (3, 8) and out["folded"][0].unique().numel() > 3  # a real continuation
     assert cache.length == 28 and runs["hf"].cache.get_seq_length() == 20
     assert cache.k[0].shape == (3, G, 40, 8)  # G heads, never H
-    assert cache.nbytes(20) == cache_bytes(cfg, 3, 20, 4) == 2 * G * 8 * 2 * 20 * 3 * 4
+    assert cache.nbytes(20) == cfg.kv_bytes_per_token(4) * 20 * 3 == 2 * G * 8 * 2 * 20 * 3 * 4
+    cache.length = 20  # the static step starts where the cache is now, and shares its buffers
+    static = static_fn(model, cache, first, new_tokens=8, mode="eager")
+    assert torch.equal(static(), out["folded"][0]) and torch.equal(runs["folded"](), out["folded"][0])

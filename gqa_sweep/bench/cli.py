@@ -30,6 +30,7 @@ from gqa_sweep.bench.serve import bench_serve, gqa_kv_command, write_plot
 from gqa_sweep.bench.train import bench_train
 from gqa_sweep.bench.variants import NOTE as VARIANT_NOTE
 from gqa_sweep.model import kv
+from gqa_sweep.model.decode import MODES, resolve_mode
 
 # Defaults per subcommand: (full, quick). Full sizes finish in minutes on a 2-core CPU; quick in seconds.
 _TINY = dict(n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256))
@@ -114,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="attention types to compare (default gqa alone: the per-G GQA table)")  # fmt: skip
     attn.add_argument("--rope-dim", dest="rope_dim", type=positive, help="gta / mla: d_R (default d_head / 2)")
     attn.add_argument("--kv-lora-rank", dest="kv_lora_rank", type=positive, help="mla: d_c (default 4 d_head)")
+    attn.add_argument("--decode-mode", dest="decode_mode", choices=MODES, default="auto",
+                      help="our decode step: graph (a CUDA graph of the static-cache step, replayed), eager, or auto "
+                      "(graph on cuda, eager on cpu)")  # fmt: skip
 
     p = argparse.ArgumentParser(prog="gqa-bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
@@ -129,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--memory", help="budget for weights + KV cache, e.g. 2GB, 512MiB (default 2GB on cpu, the "
                      "device's memory on cuda)")  # fmt: skip
     srv.add_argument("--new-tokens", dest="new_tokens", type=positive, help="decode steps per timed call")
+    srv.add_argument("--batches", choices=("all", "max"), default="all",
+                     help="all: 1, 2, 4, ... up to the largest batch that fits; max: that batch alone (a 7B table)")
     tr = sub.add_parser("train", parents=[common, model], help=TITLES["train"])
     for flag in ("batch", "seq", "steps"):
         tr.add_argument(f"--{flag}", type=positive)
@@ -149,6 +155,8 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
         cfg = model_config(a, 1)  # validates the size options early, with the model's own messages
         if a.kind == "train" and a.seq > cfg.block_size:
             raise ValueError(f"--seq {a.seq} exceeds the {a.model} block_size={cfg.block_size}; use --seq <= it")
+    if a.kind in ("decode", "serve"):
+        resolve_mode(a.decode_mode, a.device)  # graph off CUDA: an error that names the fix, before any model
     if a.kind == "serve":
         if a.memory is not None:
             kv.parse_bytes(a.memory)  # its message names the accepted units
