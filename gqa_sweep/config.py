@@ -18,6 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from gqa_sweep.model.shape import (
+    DECODE_MODES,
     MLA_NORM_EPS,
     PARAM_MATCH,
     SDPA_BACKENDS,
@@ -53,6 +54,8 @@ INIT_METHODS = ("scratch", "mean", "first", "random")
 # Model keys added after runs were stored, with the value every earlier run implicitly had: run_id_of drops a
 # key whose value is its default, so the existing runs keep their ids.
 IDENTITY_DEFAULTS = {
+    "metrics.decode_mode": "auto",
+    "metrics.decode_cache_bound": "auto",
     "model.attention": "gqa",
     "model.rope_dim": None,
     "model.kv_lora_rank": None,
@@ -215,6 +218,18 @@ def validate_decode(cfg: DictConfig) -> None:
             raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
     if m.get("decode_fill_cache", False) not in (True, False):
         raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
+    validate_decode_mode(m)
+
+
+def validate_decode_mode(m: DictConfig) -> None:
+    """The per-run decode's step (gqa_sweep/model/decode.py) and whether it is measured where the cache matters."""
+    mode = m.get("decode_mode", "auto")
+    if mode not in DECODE_MODES:
+        raise ConfigError(f"metrics.decode_mode={mode} must be one of {', '.join(DECODE_MODES)} (auto: graph on "
+                          "CUDA, eager on the CPU)")  # fmt: skip
+    bound = m.get("decode_cache_bound", "auto")
+    if bound not in ("auto", True, False):
+        raise ConfigError(f"metrics.decode_cache_bound={bound} must be auto (on CUDA), true or false")
 
 
 def results_dir(cfg: DictConfig) -> Path:

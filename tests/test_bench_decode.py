@@ -81,3 +81,19 @@ def test_folded_unfolded_and_hf_decode_the_same_tokens_from_the_same_cache(G):
     cache.length = 20  # the static step starts where the cache is now, and shares its buffers
     static = static_fn(model, cache, first, new_tokens=8, mode="eager")
     assert torch.equal(static(), out["folded"][0]) and torch.equal(runs["folded"](), out["folded"][0])
+
+
+def test_roofline_draws_each_context_and_both_bandwidth_lines():
+    import pandas as pd
+
+    from gqa_sweep.bench.roofline import plot_roofline
+
+    df = pd.DataFrame({"G": [1, 4, 1, 4], "context": [16, 16, 32, 32], "decode_impl": "graph",
+                       "bytes_per_step": [1e9, 4e9, 2e9, 8e9], "graph_ms_per_token": [0.3, 1.0, 0.5, 2.0]})  # fmt: skip
+    ax = plot_roofline(df, copy_bw=4e12, peak_bw=4.8e12, title="t").axes[0]
+    labels = [line.get_label() for line in ax.lines]
+    assert labels == ["graph, context 16", "graph, context 32", "datasheet: 4800 GB/s", "measured copy: 4000 GB/s"]
+    x, y = ax.lines[2].get_data()
+    assert y == pytest.approx(x * 1e9 / 4.8e12 * 1e3)  # t = bytes / bandwidth, in ms
+    cpu = plot_roofline(df, copy_bw=4e12, peak_bw=float("nan"), title="t").axes[0]  # no datasheet for a CPU
+    assert [line.get_label() for line in cpu.lines][-1] == "measured copy: 4000 GB/s" and len(cpu.lines) == 3

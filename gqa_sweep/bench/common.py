@@ -228,19 +228,6 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 5
     return 2 * nbytes / statistics.median(times)
 
 
-def free_memory_bytes(device: torch.device) -> float:
-    """Memory still free: CUDA's free bytes, or MemAvailable from /proc/meminfo on CPU (NaN if unknown)."""
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return math.nan
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
     """Peak bytes allocated by torch during one call of `fn`, above what was allocated before it.
 

@@ -29,7 +29,6 @@ from gqa_sweep.bench.common import (
     build_model,
     copy_bandwidth,
     first_tokens,
-    free_memory_bytes,
     interleaved,
     model_config,
     peak_bandwidth,
@@ -44,6 +43,7 @@ from gqa_sweep.model.attention import KVCache
 from gqa_sweep.model.decode import resolve_mode
 from gqa_sweep.model.shape import ModelConfig, divisors, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
+from gqa_sweep.train.metrics import free_memory_bytes
 
 EAGER_IMPLS = ("folded", "unfolded", "hf")
 

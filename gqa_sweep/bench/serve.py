@@ -14,7 +14,6 @@ import argparse
 
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gqa_sweep.bench.common import (
@@ -28,6 +27,7 @@ from gqa_sweep.bench.common import (
     time_call,
 )
 from gqa_sweep.bench.decode import all_params
+from gqa_sweep.bench.figures import dress, new_axes, save
 from gqa_sweep.bench.steps import decoder_fn
 from gqa_sweep.bench.variants import cases, kind, variant_config
 from gqa_sweep.model import kv
@@ -127,9 +127,7 @@ def at_max_batch(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_serve(df: pd.DataFrame, title: str) -> Figure:
     """Throughput (tokens/s) against latency (ms per token per sequence), one line per G, batch annotated."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)  # no pyplot: no global backend state
-    ax = fig.subplots()
+    fig, ax = new_axes()
     for G, t in df.groupby("case" if "case" in df else "G", sort=False):
         label = G if "case" in df else f"G={G} ({t.kind.iloc[0]})"
         line = ax.plot(t.ms_per_token, t.tokens_per_s, marker="o", label=label)[0]
@@ -137,13 +135,8 @@ def plot_serve(df: pd.DataFrame, title: str) -> Figure:
             if b == t.batch.max() or b in (1, 16):
                 ax.annotate(f"B={b}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
                             color=line.get_color())  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("latency: ms per token per sequence")
-    ax.set_ylabel("throughput: tokens/s (batch / step time)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(title="KV heads")
+    dress(ax, "latency: ms per token per sequence", "throughput: tokens/s (batch / step time)", title,
+          title="KV heads")  # fmt: skip
     return fig
 
 
@@ -154,11 +147,7 @@ def write_plot(df: pd.DataFrame, env: Env, a: argparse.Namespace, out) -> list:
         f"{a.context}, {df.memory_bytes.iloc[0] / 1e9:.3g} GB budget\n"
         f"{env.device_name}, {env.dtype_name}, {env.date[:10]}"
     )
-    fig = plot_serve(df, title)
-    paths = [out / "serve.png", out / "serve.svg"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    return paths
+    return save(plot_serve(df, title), out, "serve")
 
 
 def gqa_kv_command(df: pd.DataFrame, a: argparse.Namespace, env: Env) -> str:

@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from gqa_sweep.model.attention import Cache
+from gqa_sweep.model.shape import DECODE_MODES as MODES
 from gqa_sweep.model.transformer import DecoderLM
-
-MODES = ("auto", "eager", "graph")
 
 
 def resolve_mode(mode: str, device: torch.device | str) -> str:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from gqa_sweep.model.kv_formula import ATTENTIONS, kv_elements_per_layer
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+DECODE_MODES = ("auto", "eager", "graph")  # gqa_sweep/model/decode.py: auto = graph on CUDA, eager elsewhere
 
 
 def divisors(n: int) -> list[int]:
