@@ -97,3 +97,27 @@ def test_roofline_draws_each_context_and_both_bandwidth_lines():
     assert y == pytest.approx(x * 1e9 / 4.8e12 * 1e3)  # t = bytes / bandwidth, in ms
     cpu = plot_roofline(df, copy_bw=4e12, peak_bw=float("nan"), title="t").axes[0]  # no datasheet for a CPU
     assert [line.get_label() for line in cpu.lines][-1] == "measured copy: 4000 GB/s" and len(cpu.lines) == 3
+
+
+def test_graph_mode_on_the_cpu_fails_early_naming_the_fix(tmp_path, capsys):
+    from gqa_sweep.bench.cli import main
+
+    for kind in ("decode", "serve"):
+        assert main([kind, "--quick", "--device", "cpu", "--decode-mode", "graph", "--out", str(tmp_path)]) == 2
+        assert "decode mode graph captures a CUDA graph, but the model is on cpu; use eager" in capsys.readouterr().err
+    assert not (tmp_path / "decode.csv").exists()
+
+
+def test_every_g_is_timed_together_only_when_all_fit_the_free_memory(monkeypatch):
+    import argparse
+
+    from gqa_sweep.bench import decode as bench
+    from gqa_sweep.bench.common import make_env
+
+    a = argparse.Namespace(model="llama-7b-layer", batch=16, new_tokens=4)
+    env = make_env("cpu", "bf16")
+    # 6 G x (ours + HF: 2 x 3.75 GB of weights) + 3 x the caches (MHA alone 16 GiB at 8k x 16): ~150 GB in all
+    monkeypatch.setattr(bench, "free_memory_bytes", lambda device: 141e9)
+    assert bench.g_groups(a, env, 8192) == [[1], [2], [4], [8], [16], [32]]
+    monkeypatch.setattr(bench, "free_memory_bytes", lambda device: 200e9)
+    assert bench.g_groups(a, env, 8192) == [[1, 2, 4, 8, 16, 32]]

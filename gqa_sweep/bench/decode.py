@@ -132,7 +132,11 @@ def bench_decode(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
                     fns |= {(f"attn_{k}", G): fn for k, fn in attn.items()}
                 setup[G] = watch.seconds
             t = {k: stats(v) for k, v in interleaved(fns, env.device, a.warmup, a.repeats).items()}
-            rows += [row(a, env, ctx, model, t, names, copy_bw) | {"setup_s": setup[G]} for G, model in models.items()]
+            for G, model in models.items():
+                rows.append(row(a, env, ctx, model, t, names, copy_bw) | {"setup_s": setup[G]})
+                r = rows[-1]  # as each row is measured: a long run shows progress before its table
+                print(f"context {ctx} G={G}: {r[f'{names[0]}_ms_per_token']:.3g} ms/step {names[0]}, "
+                      f"{r[f'{names[0]}_GBps']:.4g} GB/s; set-up {r['setup_s']:.3g} s", flush=True)  # fmt: skip
             pick = [G for G in group if G in (1, model_config(a, 1).n_heads)]  # MQA and MHA
             if a.profile and ctx == max(a.context) and pick:
                 prof += profile_table({f"{impl} G={G}": fns[(impl, G)] for G in pick for impl in names}, env.device)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from gqa_sweep.bench.common import (
@@ -32,6 +31,7 @@ from gqa_sweep.bench.steps import decoder_fn
 from gqa_sweep.bench.variants import cases, kind, variant_config
 from gqa_sweep.model import kv
 from gqa_sweep.model.shape import divisors
+from gqa_sweep.train.metrics import free_memory_bytes
 
 # Seed 001's serving table (70B on 4 x A100): MHA 800, GQA-8 3200, MQA 4000 tokens/s at each one's largest batch,
 # as ratios to MHA, beside ours at the largest batch that fits this device.
@@ -43,10 +43,11 @@ def _variants(a: argparse.Namespace) -> bool:
 
 
 def memory_budget(a: argparse.Namespace, env: Env) -> int:
-    """--memory in bytes; without it the device's total memory on CUDA (CPU: the --quick/full default)."""
+    """--memory in bytes; without it (CUDA) 90 % of the device's free memory: the step's activations, its logits
+    and the CUDA graph's pool live in the rest (CPU: the --quick/full default)."""
     if a.memory is not None:
         return kv.parse_bytes(a.memory)
-    return torch.cuda.get_device_properties(env.device).total_memory
+    return int(0.9 * free_memory_bytes(env.device))
 
 
 def batches(max_batch: int, only_max: bool = False) -> list[int]:
