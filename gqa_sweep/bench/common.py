@@ -51,7 +51,7 @@ def _preset(name: str) -> dict:
 # a decode shape whose KV cache outweighs its weights at 1k-4k tokens x batch 8-16 (60 MB of fp32 weights vs
 # a 1 GiB MHA cache at 4k x 16), where decode time tracks G. "llama-7b" is Llama(-2)-7B's shape (random weights:
 # speed does not depend on them); "llama-7b-layer" is 8 of its layers, a GPU decode shape whose MHA cache
-# (128 KiB per token in bf16) outweighs its 1.1 GB of weights from 9k cached tokens in all (e.g. 16 x 1k).
+# (128 KiB per token in bf16) outweighs its 3.5 GB of matmul weights from 27k cached tokens in all (16 x 1.7k).
 _LLAMA_7B = dict(vocab_size=32000, block_size=4096, n_layers=32, d_model=4096, n_heads=32, d_head=128, d_ff=11008,
                  tie_embeddings=False)
 PRESETS = {name: _preset(name) for name in _VOCAB_AND_BLOCK} | {
