@@ -116,3 +116,16 @@ def test_graph_decode_tokens_per_s_on_cuda() -> None:
     model = model.to("cuda", torch.bfloat16)
     prompt = torch.randint(64, (4, 32), device="cuda")
     assert 0 < decode_tokens_per_s(model, prompt, 16, repeats=2, mode="graph") < math.inf
+
+
+def test_cache_bound_is_on_for_cuda_or_when_forced() -> None:
+    from omegaconf import OmegaConf
+
+    from gqa_sweep.train.metrics import cache_bound
+
+    cfg = ModelConfig(vocab_size=65, block_size=32, n_layers=1, d_model=32, n_heads=8, n_kv_heads=2)
+    m = lambda v: OmegaConf.create({"decode_cache_bound": v})  # noqa: E731
+    assert cache_bound(m("auto"), cfg, torch.device("cpu"), 4) is None
+    assert cache_bound(m(False), cfg, torch.device("cuda"), 2) is None
+    rule = cache_bound(m(True), cfg, torch.device("cpu"), 4)
+    assert rule(2) == 32  # the tiny sweep's shape: MHA's cache of 32 tokens x 32 sequences is >= 4x its weights
