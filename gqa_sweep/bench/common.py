@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gqa_sweep.model.attention import Cache
+from gqa_sweep.model.cache import Cache
 from gqa_sweep.model.layers import rope_tables
 from gqa_sweep.model.shape import ModelConfig, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM

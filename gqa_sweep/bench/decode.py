@@ -39,7 +39,7 @@ from gqa_sweep.bench.common import (
 )
 from gqa_sweep.bench.steps import decode_fn, static_fn
 from gqa_sweep.bench.variants import bench_decode_variants, measured_bytes_per_token
-from gqa_sweep.model.attention import KVCache
+from gqa_sweep.model.cache import KVCache
 from gqa_sweep.model.decode import resolve_mode
 from gqa_sweep.model.shape import ModelConfig, divisors, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM

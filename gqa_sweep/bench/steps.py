@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from gqa_sweep.model.attention import Cache
+from gqa_sweep.model.cache import Cache
 from gqa_sweep.model.decode import StaticDecoder, resolve_mode
 from gqa_sweep.model.transformer import DecoderLM
 

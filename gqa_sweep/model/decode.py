@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from gqa_sweep.model.attention import Cache
+from gqa_sweep.model.cache import Cache
 from gqa_sweep.model.shape import DECODE_MODES as MODES
 from gqa_sweep.model.transformer import DecoderLM
 
