@@ -218,15 +218,18 @@ def validate_decode(cfg: DictConfig) -> None:
             raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
     if m.get("decode_fill_cache", False) not in (True, False):
         raise ConfigError(f"metrics.decode_fill_cache={m.decode_fill_cache} must be true or false")
-    validate_decode_mode(m)
+    validate_decode_mode(m, cfg.trainer.get("accelerator", "auto"))
 
 
-def validate_decode_mode(m: DictConfig) -> None:
+def validate_decode_mode(m: DictConfig, accelerator: str = "auto") -> None:
     """The per-run decode's step (gqa_sweep/model/decode.py) and whether it is measured where the cache matters."""
     mode = m.get("decode_mode", "auto")
     if mode not in DECODE_MODES:
         raise ConfigError(f"metrics.decode_mode={mode} must be one of {', '.join(DECODE_MODES)} (auto: graph on "
                           "CUDA, eager on the CPU)")  # fmt: skip
+    if mode == "graph" and accelerator == "cpu":  # a CUDA graph needs CUDA: say so before training, not after
+        raise ConfigError("metrics.decode_mode=graph captures a CUDA graph, but trainer.accelerator=cpu; use "
+                          "metrics.decode_mode=auto or eager on the CPU, or trainer=gpu")  # fmt: skip
     bound = m.get("decode_cache_bound", "auto")
     if bound not in ("auto", True, False):
         raise ConfigError(f"metrics.decode_cache_bound={bound} must be auto (on CUDA), true or false")

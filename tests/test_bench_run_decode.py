@@ -47,6 +47,7 @@ def test_row_records_decode_batch_and_context_and_fill_cache_fills_it(tiny_sweep
         ("metrics.decode_batch=0", "metrics.decode_batch=0 must be a positive integer"),
         ("metrics.decode_fill_cache=maybe", "metrics.decode_fill_cache=maybe must be true or false"),
         ("metrics.decode_mode=fast", "metrics.decode_mode=fast must be one of auto, eager, graph"),
+        ("metrics.decode_mode=graph", "metrics.decode_mode=graph captures a CUDA graph, but trainer.accelerator=cpu"),
         ("metrics.decode_cache_bound=maybe", "metrics.decode_cache_bound=maybe must be auto (on CUDA), true or false"),
     ],
 )

@@ -122,6 +122,11 @@ def weight_bytes(model: DecoderLM, elem: int) -> int:
     return non_embedding_params(model.cfg) * elem
 
 
+def all_params(cfg: ModelConfig) -> int:
+    """DecoderLM.num_params() from the shape: what a model holds in memory (the token embedding included)."""
+    return non_embedding_params(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+
+
 # ------------------------------------------------------------------------------------- born on the device
 def generator(device: torch.device | str, seed: int) -> torch.Generator:
     """A seeded generator on `device`: caches, tokens and inputs are drawn where they live, never on the host."""

@@ -26,6 +26,7 @@ from gqa_sweep.bench.attention import decode_attention_fns
 from gqa_sweep.bench.common import (
     Env,
     Stopwatch,
+    all_params,
     build_model,
     copy_bandwidth,
     first_tokens,
@@ -41,7 +42,7 @@ from gqa_sweep.bench.steps import decode_fn, static_fn
 from gqa_sweep.bench.variants import bench_decode_variants, measured_bytes_per_token
 from gqa_sweep.model.cache import KVCache
 from gqa_sweep.model.decode import resolve_mode
-from gqa_sweep.model.shape import ModelConfig, divisors, non_embedding_params
+from gqa_sweep.model.shape import divisors
 from gqa_sweep.model.transformer import DecoderLM
 from gqa_sweep.train.metrics import free_memory_bytes
 
@@ -89,10 +90,6 @@ def hf_copy(model: DecoderLM):
         hf = to_hf(model)
     hf.set_attn_implementation("sdpa")
     return hf.eval()
-
-
-def all_params(cfg: ModelConfig) -> int:
-    return non_embedding_params(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
 
 
 def g_groups(a: argparse.Namespace, env: Env, ctx: int) -> list[list[int]]:

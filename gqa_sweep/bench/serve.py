@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from gqa_sweep.bench.common import (
     Env,
     Stopwatch,
+    all_params,
     build_model,
     first_tokens,
     model_config,
@@ -25,7 +26,6 @@ from gqa_sweep.bench.common import (
     stats,
     time_call,
 )
-from gqa_sweep.bench.decode import all_params
 from gqa_sweep.bench.figures import dress, new_axes, save
 from gqa_sweep.bench.steps import decoder_fn
 from gqa_sweep.bench.variants import cases, kind, variant_config
