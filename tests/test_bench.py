@@ -116,5 +116,15 @@ def test_op_classes_split_a_profile_by_kind():
     assert t["matmul"] == 8.0 and t["elementwise (norms, RoPE, SwiGLU, adds)"] == 1.0 and t["optimizer"] == 0.4
     assert t["softmax / cross-entropy"] == 0.3 and t["copies and casts"] == 0.2 and t["attention (SDPA)"] == 0.1
     assert op_classes(evts).set_index("op class").share["matmul"] == "80.0%"
-    gpu = op_classes(evts, "cuda").set_index("op class")["self CUDA ms"]  # on a GPU: the GPU's time, not the host's
-    assert gpu["matmul"] == 16.0 and gpu["attention (SDPA)"] == 0.2
+    # On a GPU: the device's own kernel rows by kernel name (a CUDA graph's kernels have no aten op above them);
+    # host rows are skipped, so an aten op's device time is not counted beside its kernels'.
+    from torch.autograd import DeviceType
+
+    gpu_evts = evts + [SimpleNamespace(key=k, device_type=DeviceType.CUDA, self_device_time_total=us) for k, us in (
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", 7000), ("nvjet_tst_128x64_64x8_1x1_v", 1000),
+        ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", 1500), ("void at::native::vectorized_elementwise_kernel", 400),
+        ("Memcpy DtoD (Device -> Device)", 100),
+    )]  # fmt: skip
+    gpu = op_classes(gpu_evts, "cuda").set_index("op class")["self CUDA ms"]
+    assert gpu["matmul"] == 8.0 and gpu["attention (SDPA)"] == 1.5 and gpu["copies and casts"] == 0.1
+    assert gpu["elementwise (norms, RoPE, SwiGLU, adds)"] == 0.4 and gpu.sum() == 10.0  # no host row counted

@@ -291,17 +291,33 @@ OP_CLASSES = (
 )
 
 
+# On a GPU the rows classified are the device's own events (kernels, memcpy, memset), by kernel name: a CUDA graph's
+# kernels have no aten op above them, and an aten row's device time would count its kernels a second time.
+KERNEL_CLASSES = (  # attention first: its kernels are often CUTLASS or cuDNN ones too
+    ("attention (SDPA)", r"(?i)fmha|flash|attention|sdpa|cudnn"),
+    ("matmul", r"(?i)gemm|gemv|xmma|cublas|cutlass|nvjet"),
+    ("softmax / cross-entropy", r"(?i)softmax|nll_loss|cross_entropy"),
+    ("optimizer", r"(?i)adam|multi_tensor_apply"),
+    ("copies and casts", r"(?i)copy|memcpy|memset|cat|index|embedding|fill"),
+    ("elementwise (norms, RoPE, SwiGLU, adds)", r""),
+)
+
+
 def op_classes(averages, device: str = "cpu") -> pd.DataFrame:
-    """Self time per op class (OP_CLASSES) of a profiler's key_averages: ms and share of the total. On CUDA the
-    time is the ops' own GPU time (what the GPU spent, kernels attributed to the op that launched them), since
-    host time says nothing about the GPU; on the CPU it is self CPU time."""
+    """Self time per op class of a profiler's key_averages: ms and share of the total. CPU: the ops' self CPU time
+    (OP_CLASSES). CUDA: the GPU's own time, kernel by kernel (KERNEL_CLASSES), since host time says nothing about
+    the GPU."""
     import re
 
-    totals = dict.fromkeys((c for c, _ in OP_CLASSES), 0.0)
+    from torch.autograd import DeviceType
+
+    classes = OP_CLASSES if device == "cpu" else KERNEL_CLASSES
+    totals = dict.fromkeys((c for c, _ in classes), 0.0)
     for evt in averages:
-        cls = next(c for c, pattern in OP_CLASSES if re.search(pattern, evt.key))
-        us = evt.self_cpu_time_total if device == "cpu" else getattr(evt, "self_device_time_total", None)
-        totals[cls] += (evt.self_cuda_time_total if us is None else us) / 1e3
+        if device != "cpu" and getattr(evt, "device_type", DeviceType.CPU) == DeviceType.CPU:
+            continue  # a host op: its kernels are counted as themselves
+        cls = next(c for c, pattern in classes if re.search(pattern, evt.key))
+        totals[cls] += (evt.self_cpu_time_total if device == "cpu" else evt.self_device_time_total) / 1e3
     whole = sum(totals.values()) or 1.0
     clock = "self CPU ms" if device == "cpu" else "self CUDA ms"
     return pd.DataFrame({"op class": list(totals), clock: list(totals.values()),
