@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 
-from gqa_sweep.model.shape import PARAM_MATCH, ModelConfig, divisors, matched_d_ff
+from gqa_sweep.model.shape import DECODE_MODES, PARAM_MATCH, ModelConfig, divisors, matched_d_ff
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
 # The sweep is a label (a run reused by another sweep carries both; gqa_sweep.store.results' `sweeps` table).
@@ -40,6 +40,8 @@ INIT_METHODS = ("scratch", "mean", "first", "random")
 # Model keys added after runs were stored, with the value every earlier run implicitly had: run_id_of drops a
 # key whose value is its default, so the existing runs keep their ids.
 IDENTITY_DEFAULTS = {
+    "metrics.decode_mode": "auto",
+    "metrics.decode_cache_bound": "auto",
     "model.attention": "gqa",
     "model.rope_dim": None,
     "model.kv_lora_rank": None,
@@ -162,7 +164,7 @@ def validate(cfg: dict) -> None:
     steps = cfg["trainer"]["max_steps"]
     if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0:
         raise ConfigError(f"trainer.max_steps={steps} must be a positive integer")
-    validate_decode(cfg["metrics"])
+    validate_decode(cfg["metrics"], cfg["trainer"].get("accelerator", "auto"))
     validate_init(cfg["init"], m.get("attention", "gqa"))
     if cfg.get("progress", "auto") not in ("auto", "bar", "lines"):
         raise ConfigError(f"progress={cfg['progress']!r}; choose progress=auto, progress=bar or progress=lines")
@@ -187,9 +189,24 @@ def validate_init(init: dict, attention: str) -> None:
         raise ConfigError("init.alpha needs init.parent_steps=S (steps of the MHA parent) and alpha >= 0")
 
 
-def validate_decode(m: dict) -> None:
+def validate_decode(m: dict, accelerator: str = "auto") -> None:
     for key in ("decode_batch", "decode_prompt_tokens", "decode_new_tokens"):
         if not isinstance(m[key], int) or m[key] < 1:
             raise ConfigError(f"metrics.{key}={m[key]} must be a positive integer")
     if m.get("decode_fill_cache", False) not in (True, False):
         raise ConfigError(f"metrics.decode_fill_cache={m['decode_fill_cache']} must be true or false")
+    validate_decode_mode(m, accelerator)
+
+
+def validate_decode_mode(m: dict, accelerator: str = "auto") -> None:
+    """The per-run decode's step (gqa_sweep/model/decode.py) and whether it is measured where the cache matters."""
+    mode = m.get("decode_mode", "auto")
+    if mode not in DECODE_MODES:
+        raise ConfigError(f"metrics.decode_mode={mode} must be one of {', '.join(DECODE_MODES)} (auto: graph on "
+                          "CUDA, eager on the CPU)")  # fmt: skip
+    if mode == "graph" and accelerator == "cpu":  # a CUDA graph needs CUDA: say so before training, not after
+        raise ConfigError("metrics.decode_mode=graph captures a CUDA graph, but trainer.accelerator=cpu; use "
+                          "metrics.decode_mode=auto or eager on the CPU, or trainer=gpu")  # fmt: skip
+    bound = m.get("decode_cache_bound", "auto")
+    if bound not in ("auto", True, False):
+        raise ConfigError(f"metrics.decode_cache_bound={bound} must be auto (on CUDA), true or false")

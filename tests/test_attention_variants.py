@@ -93,8 +93,9 @@ def test_default_sweep_run_ids_are_unchanged_by_the_new_model_keys() -> None:
             cfg = resolved(compose("config", overrides=[f"model.n_kv_heads={G}"]))
             assert cfg["model"]["attention"] == "gqa" and cfg["model"]["kv_lora_rank"] is None
             ids[G] = run_id_of(cfg)
-            for key in IDENTITY_DEFAULTS:  # the config as it was before the variants existed
-                cfg["model"].pop(key.removeprefix("model."))
+            for key in IDENTITY_DEFAULTS:  # the config as it was before the variants (and decode modes) existed
+                group, leaf = key.split(".")
+                cfg[group].pop(leaf)
             before[G] = run_id_of(cfg)
         mla = run_id_of(resolved(compose("config", overrides=["model.attention=mla"])))
     # Stores written before the variants keep their runs (tests/test_identity.py reads one such store).

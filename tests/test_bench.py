@@ -106,16 +106,28 @@ def test_op_classes_split_a_profile_by_kind():
 
     from gqa_sweep.bench.common import op_classes
 
-    evts = [SimpleNamespace(key=k, self_cpu_time_total=us) for k, us in (
+    evts = [SimpleNamespace(key=k, self_cpu_time_total=us, self_device_time_total=2 * us) for k, us in (
         ("aten::mm", 6000), ("aten::addmm", 2000), ("aten::mul", 500), ("aten::rsqrt", 500),
         ("aten::_fused_adamw_", 400), ("aten::_log_softmax", 300), ("aten::copy_", 200),
         ("aten::_scaled_dot_product_flash_attention_for_cpu", 100), ("autograd::engine::evaluate_function", 0),
         ("Optimizer.step#AdamW.step", 0),
     )]  # fmt: skip
-    t = op_classes(evts).set_index("op class")["self ms"]
+    t = op_classes(evts).set_index("op class")["self CPU ms"]
     assert t["matmul"] == 8.0 and t["elementwise (norms, RoPE, SwiGLU, adds)"] == 1.0 and t["optimizer"] == 0.4
     assert t["softmax / cross-entropy"] == 0.3 and t["copies and casts"] == 0.2 and t["attention (SDPA)"] == 0.1
     assert op_classes(evts).set_index("op class").share["matmul"] == "80.0%"
+    # On a GPU: the device's own kernel rows by kernel name (a CUDA graph's kernels have no aten op above them);
+    # host rows are skipped, so an aten op's device time is not counted beside its kernels'.
+    from torch.autograd import DeviceType
+
+    gpu_evts = evts + [SimpleNamespace(key=k, device_type=DeviceType.CUDA, self_device_time_total=us) for k, us in (
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", 7000), ("nvjet_tst_128x64_64x8_1x1_v", 1000),
+        ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", 1500), ("void at::native::vectorized_elementwise_kernel", 400),
+        ("Memcpy DtoD (Device -> Device)", 100),
+    )]  # fmt: skip
+    gpu = op_classes(gpu_evts, "cuda").set_index("op class")["self CUDA ms"]
+    assert gpu["matmul"] == 8.0 and gpu["attention (SDPA)"] == 1.5 and gpu["copies and casts"] == 0.1
+    assert gpu["elementwise (norms, RoPE, SwiGLU, adds)"] == 0.4 and gpu.sum() == 10.0  # no host row counted
 
 
 def test_help_lists_all_six_subcommands():

@@ -23,6 +23,7 @@ def serve(tmp_path_factory):
 
 
 def test_batches_double_then_end_at_the_largest_that_fits():
+    assert batches(115, only_max=True) == [115]  # --batches max: a 7B table times each G's largest batch alone
     assert batches(1) == [1]
     assert batches(8) == [1, 2, 4, 8]
     assert batches(115) == [1, 2, 4, 8, 16, 32, 64, 115]
@@ -31,7 +32,11 @@ def test_batches_double_then_end_at_the_largest_that_fits():
 def test_serve_table_and_plot(serve):
     df, md, out = serve
     assert sorted(df.G.unique()) == divisors(4)
-    assert_finite_positive(df.drop(columns=["kind"]))
+    assert_finite_positive(df.drop(columns=["kind", "max_vs_mha", "seed001_vs_mha"]))
+    top = df[df.batch == df.max_batch].set_index("G")  # each G's largest batch: against MHA's, beside seed 001's
+    assert top.max_vs_mha.tolist() == pytest.approx((top.tokens_per_s / top.tokens_per_s[4]).tolist())
+    assert top.seed001_vs_mha[4] == 1.0 and top.seed001_vs_mha[1] == 5.0 and pd.isna(top.seed001_vs_mha[2])
+    assert df[df.batch != df.max_batch][["max_vs_mha", "seed001_vs_mha"]].isna().all().all()
     for _G, t in df.groupby("G"):
         assert t.batch.tolist() == batches(int(t.max_batch.iloc[0]))
         assert (t.used_GB <= t.memory_bytes / 1e9).all()

@@ -191,7 +191,9 @@ def test_notebook_cells_have_ids_and_validate_without_warnings(path: Path):
 
 def test_hf_decode_uses_the_current_cache_api_without_warnings():
     pytest.importorskip("transformers")
-    from gqa_sweep.bench.decode import decode_fn, first_tokens, hf_copy, hf_decode_fn, random_cache
+    from gqa_sweep.bench.common import first_tokens, random_cache
+    from gqa_sweep.bench.decode import hf_copy, hf_decode_fn
+    from gqa_sweep.bench.steps import decode_fn
     from gqa_sweep.model.shape import ModelConfig
     from gqa_sweep.model.transformer import DecoderLM
 

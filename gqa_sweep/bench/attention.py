@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.bench.common import Env, interleaved, peak_memory, profile_table, stats
+from gqa_sweep.bench.common import Env, generator, interleaved, peak_memory, profile_table, randn, stats
 from gqa_sweep.model.shape import divisors
 
 
@@ -20,12 +20,10 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def attention_inputs(batch: int, seq: int, heads: int, groups: int, d_head: int, env: Env, seed: int):
-    g = torch.Generator().manual_seed(seed)
+    g = generator(env.device, seed)
     shape = lambda h: (batch, h, seq, d_head)  # noqa: E731
-    q, k, v = (torch.randn(shape(h), generator=g) for h in (heads, groups, groups))
-    dy = torch.randn(shape(heads), generator=g)
-    q, k, v = (t.to(env.device, env.dtype).requires_grad_() for t in (q, k, v))
-    return q, k, v, dy.to(env.device, env.dtype)
+    q, k, v = (randn(shape(h), g, env.dtype).requires_grad_() for h in (heads, groups, groups))
+    return q, k, v, randn(shape(heads), g, env.dtype)
 
 
 def attention_fns(q, k, v, dy) -> dict[str, Callable[[], torch.Tensor]]:
@@ -82,10 +80,9 @@ def decode_attention_fns(
     CPU decode call: q viewed as (B, G, H/G, d), no mask; "enable_gqa" is SDPA's own grouping; "folded_hot" is the
     folded call's arithmetic alone (its K/V stay cache-resident where one sequence's K/V fit in the CPU cache).
     """
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, heads, 1, d_head, generator=g).to(env.device, env.dtype)
-    k, v = (torch.randn(batch, groups, ctx + 1, d_head, generator=g).to(env.device, env.dtype) for _ in "kv")
-    k, v = k[:, :, :ctx], v[:, :, :ctx]
+    g = generator(env.device, seed)
+    q = randn((batch, heads, 1, d_head), g, env.dtype)
+    k, v = (randn((batch, groups, ctx + 1, d_head), g, env.dtype)[:, :, :ctx] for _ in "kv")
     qf = q.view(batch, groups, heads // groups, d_head)
 
     def folded_hot() -> torch.Tensor:

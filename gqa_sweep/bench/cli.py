@@ -26,10 +26,12 @@ import torch
 from gqa_sweep.bench.attention import bench_attention
 from gqa_sweep.bench.common import DTYPES, PRESETS, make_env, model_config, write_table
 from gqa_sweep.bench.decode import bench_decode
+from gqa_sweep.bench.roofline import write_roofline
 from gqa_sweep.bench.serve import bench_serve, gqa_kv_command, write_plot
 from gqa_sweep.bench.train import bench_train
 from gqa_sweep.bench.variants import NOTE as VARIANT_NOTE
 from gqa_sweep.model import kv
+from gqa_sweep.model.decode import MODES, resolve_mode
 
 # Defaults per subcommand: (full, quick). Full sizes finish in minutes on a 2-core CPU; quick in seconds.
 _TINY = dict(n_heads=(None, 4), d_model=(None, 64), vocab_size=(None, 256))
@@ -51,23 +53,30 @@ TITLES = {
 NOTES = {
     "attention": "time_ratio = grouped_ms / reference_ms (medians); peak = torch bytes allocated above the inputs "
     "during one forward+backward (CPU: replayed torch.profiler memory events).",
-    "decode": "Each impl decodes `new_tokens` single-token steps from a cache of `context` tokens (random K/V); "
-    "<impl>_ms_per_token = median step time (latency per token of one sequence), <impl>_tok_s = batch / step; "
-    "folded = our single-token step with the group's query heads folded into the query axis (the CPU default), "
-    "unfolded = SDPA enable_gqa, hf = transformers LlamaForCausalLM + DynamicCache with the same weights. "
-    "bytes_per_token = (cache_bytes + matmul weight bytes) / batch, read once per step; <impl>_GBps = those "
-    "bytes per step / step time; copy_GBps = measured 2 x bytes / time of a 512 MiB tensor.copy_ (read + write); "
-    "folded_frac_of_copy = folded_GBps / copy_GBps; folded_hbm_frac = folded_GBps / datasheet HBM peak (NaN on "
-    "CPU). attn_*_ms = one single-token SDPA call alone at (batch, H, context, d_head); attn_vs_proportional = "
-    "attn_folded_ms / (attn_folded_ms at G=H x G/H), 1 = proportional to G; attn_hot_ms = the folded call's "
-    "arithmetic: the same call one sequence at a time, `batch` times over one sequence whose K/V stay in the CPU "
-    "cache (where they fit: G x context x d_head x 8 bytes); attn_hot_frac = attn_hot_ms / attn_folded_ms, near 1 = "
-    "the call is bound by arithmetic, not by reading the cache, so it cannot shrink in proportion to G; "
-    "folded_vs_mha = folded_tok_s / folded_tok_s at G=H.",
-    "serve": "batch doubles from 1, then the largest batch (max_batch) whose weights (all parameters) + KV cache "
-    "of `context` tokens per sequence fit in memory_bytes, as `gqa-kv --memory` computes it; the cache ends "
-    "each timed call holding exactly `context` tokens; ms_per_token = median step time, tokens_per_s = batch / "
-    "step; activations and logits are not counted.",
+    "decode": "Each impl decodes `new_tokens` single-token steps from a cache of `context` tokens (random K/V drawn "
+    "on the device); <impl>_ms_per_token = median step time (latency per token of one sequence), <impl>_tok_s = "
+    "batch / step; graph (CUDA) = our static-cache step captured once in a CUDA graph and replayed, folded = our "
+    "eager step with the group's query heads folded into the query axis (the CPU default), unfolded = SDPA "
+    "enable_gqa, hf = transformers LlamaForCausalLM + DynamicCache with the same weights. bytes_per_step = "
+    "cache bytes + matmul weight bytes, read once per step (bytes_per_token = that / batch); <impl>_GBps = "
+    "bytes_per_step / step time; decode_impl = the impl the next columns are about (graph on CUDA, else folded); "
+    "copy_GBps = measured 2 x bytes / time of a 512 MiB tensor.copy_ (read + write); frac_of_copy = its GBps / "
+    "copy_GBps; hbm_frac = its GBps / datasheet HBM peak (NaN on CPU). vs_mha = its tok_s / tok_s at G=H; "
+    "ideal_vs_mha = bytes_per_step at G=H / this G's (the speed-up if a step only streamed its bytes); vs_ideal = "
+    "vs_mha / ideal_vs_mha. setup_s = build + cache fill + graph capture of this G, not in any step. attn_*_ms = "
+    "one single-token SDPA call alone at (batch, H, context, d_head); attn_vs_proportional = attn_folded_ms / "
+    "(attn_folded_ms at G=H x G/H), 1 = proportional to G; attn_hot_ms = the folded call's arithmetic: the same "
+    "call one sequence at a time, `batch` times over one sequence whose K/V stay in the CPU cache (where they fit: "
+    "G x context x d_head x 8 bytes); attn_hot_frac = attn_hot_ms / attn_folded_ms, near 1 = the call is bound by "
+    "arithmetic, not by reading the cache, so it cannot shrink in proportion to G. decode_roofline.png: "
+    "bytes_per_step vs step time per G, with the datasheet and measured-copy bandwidth lines.",
+    "serve": "batch doubles from 1 (--batches max: only the last), then the largest batch (max_batch) whose weights "
+    "(all parameters) + KV cache of `context` tokens per sequence fit in memory_bytes, as `gqa-kv --memory` "
+    "computes it; one G's model on the device at a time; the cache ends each timed call holding exactly `context` "
+    "tokens; ms_per_token = median step time (graph-replayed on CUDA, --decode-mode), tokens_per_s = batch / "
+    "step; setup_s = build (first batch) + cache fill + graph capture, not in any step; at max_batch: max_vs_mha "
+    "= tokens_per_s / MHA's at its max_batch, seed001_vs_mha = seed 001's 70B-on-4xA100 ratio (MHA 800, GQA-8 "
+    "3200, MQA 4000 tok/s); activations and logits are not counted.",
     "train": "tokens/s medians over rounds, each round = warm-up + timed steps; harness_over_bare = harness/bare; "
     "ours_over_hf = bare/hf (same loop, same weights, same AdamW and clipping); FLOPs/token = 6N + 12*L*H*d_head*T "
     "(N without the embedding table); <impl>_mfu = <impl>_tok_s x flops/token / peak_TFLOPs, the datasheet peak of "
@@ -114,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="attention types to compare (default gqa alone: the per-G GQA table)")  # fmt: skip
     attn.add_argument("--rope-dim", dest="rope_dim", type=positive, help="gta / mla: d_R (default d_head / 2)")
     attn.add_argument("--kv-lora-rank", dest="kv_lora_rank", type=positive, help="mla: d_c (default 4 d_head)")
+    attn.add_argument("--decode-mode", dest="decode_mode", choices=MODES, default="auto",
+                      help="our decode step: graph (a CUDA graph of the static-cache step, replayed), eager, or auto "
+                      "(graph on cuda, eager on cpu)")  # fmt: skip
 
     p = argparse.ArgumentParser(prog="gqa-bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
@@ -129,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--memory", help="budget for weights + KV cache, e.g. 2GB, 512MiB (default 2GB on cpu, the "
                      "device's memory on cuda)")  # fmt: skip
     srv.add_argument("--new-tokens", dest="new_tokens", type=positive, help="decode steps per timed call")
+    srv.add_argument("--batches", choices=("all", "max"), default="all",
+                     help="all: 1, 2, 4, ... up to the largest batch that fits; max: that batch alone (a 7B table)")
     tr = sub.add_parser("train", parents=[common, model], help=TITLES["train"])
     for flag in ("batch", "seq", "steps"):
         tr.add_argument(f"--{flag}", type=positive)
@@ -152,6 +166,8 @@ def resolve(a: argparse.Namespace) -> argparse.Namespace:
         cfg = model_config(a, 1)  # validates the size options early, with the model's own messages
         if a.kind == "train" and a.seq > cfg.block_size:
             raise ValueError(f"--seq {a.seq} exceeds the {a.model} block_size={cfg.block_size}; use --seq <= it")
+    if a.kind in ("decode", "serve"):
+        resolve_mode(a.decode_mode, a.device)  # graph off CUDA: an error that names the fix, before any model
     if a.kind == "serve":
         if a.memory is not None:
             kv.parse_bytes(a.memory)  # its message names the accepted units
@@ -188,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     variants = getattr(a, "attention", ["gqa"]) != ["gqa"]
     write_table(df, env, a.kind, a.out, TITLES[a.kind], NOTES[a.kind] + (f" {VARIANT_NOTE}" if variants else ""))
+    if a.kind == "decode" and not variants:
+        print(f"wrote {', '.join(map(str, write_roofline(df, env, a, a.out)))}")
     if a.kind == "serve":
         print(f"wrote {', '.join(map(str, write_plot(df, env, a, a.out)))}")
         print(f"MHA's max batch is the one of: {gqa_kv_command(df, a, env)}")

@@ -20,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.cache import Cache
+from gqa_sweep.model.layers import rope_tables
+from gqa_sweep.model.shape import ModelConfig, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
 from gqa_sweep.train.metrics import device_name
 
@@ -47,10 +49,16 @@ def _preset(name: str) -> dict:
 
 # Model presets; --n-layers/--n-heads/--d-model/--d-head/--[no-]tie-embeddings override them. "cache-bound" is
 # a decode shape whose KV cache outweighs its weights at 1k-4k tokens x batch 8-16 (60 MB of fp32 weights vs
-# a 1 GiB MHA cache at 4k x 16), where decode time tracks G.
+# a 1 GiB MHA cache at 4k x 16), where decode time tracks G. "llama-7b" is Llama(-2)-7B's shape (random weights:
+# speed does not depend on them); "llama-7b-layer" is 8 of its layers, a GPU decode shape whose MHA cache
+# (128 KiB per token in bf16) outweighs its 3.5 GB of matmul weights from 27k cached tokens in all (16 x 1.7k).
+_LLAMA_7B = dict(vocab_size=32000, block_size=4096, n_layers=32, d_model=4096, n_heads=32, d_head=128, d_ff=11008,
+                 tie_embeddings=False)
 PRESETS = {name: _preset(name) for name in _VOCAB_AND_BLOCK} | {
     "cache-bound": dict(vocab_size=8192, block_size=4096, n_layers=4, d_model=512, n_heads=16, d_head=32,
                         d_ff=None, tie_embeddings=False),
+    "llama-7b": _LLAMA_7B,
+    "llama-7b-layer": _LLAMA_7B | {"n_layers": 8},
 }  # fmt: skip
 
 # Peak HBM bandwidth in bytes/s by device-name substring; first match wins.
@@ -111,8 +119,68 @@ def model_config(a: argparse.Namespace, n_kv_heads: int, block_size: int | None 
 
 def weight_bytes(model: DecoderLM, elem: int) -> int:
     """Bytes of weights one decode step streams: every matmul weight once (the embedding is a row lookup)."""
-    n = model.num_params() - (0 if model.cfg.tie_embeddings else model.embed.weight.numel())
-    return n * elem
+    return non_embedding_params(model.cfg) * elem
+
+
+def all_params(cfg: ModelConfig) -> int:
+    """DecoderLM.num_params() from the shape: what a model holds in memory (the token embedding included)."""
+    return non_embedding_params(cfg) + (0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model)
+
+
+# ------------------------------------------------------------------------------------- born on the device
+def generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A seeded generator on `device`: caches, tokens and inputs are drawn where they live, never on the host."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def randn(shape: tuple[int, ...], g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(shape, generator=g, device=g.device, dtype=dtype)
+
+
+def build_model(cfg: ModelConfig, env: Env, seed: int) -> DecoderLM:
+    """The model born on env.device in env.dtype: shapes on meta, storage allocated on the device, weights drawn
+    there (a 7B model is never built, initialised or cast on the host), RoPE tables computed there."""
+    with torch.device("meta"):
+        model = DecoderLM(cfg)
+    model = model.to(env.dtype).to_empty(device=env.device)
+    torch.manual_seed(seed)  # seeds every device's default generator, which reset_parameters draws from
+    with torch.device(env.device):
+        cos, sin = rope_tables(cfg)
+    model.rope_cos.copy_(cos)
+    model.rope_sin.copy_(sin)
+    model.reset_parameters()
+    return model.eval()
+
+
+def random_cache(model: DecoderLM, batch: int, ctx: int, seed: int) -> Cache:
+    """The model's empty cache (its dtype and device) with `ctx` tokens of random entries drawn in place: per-token
+    cost does not depend on the values, and skipping a prefill keeps set-up short."""
+    cache = model.new_cache(batch)
+    g = generator(model.embed.weight.device, seed)
+    for buf in cache.buffers():
+        buf[:, :, :ctx].normal_(generator=g)
+    cache.length = ctx
+    return cache
+
+
+def first_tokens(cfg: ModelConfig, batch: int, seed: int, device) -> torch.Tensor:
+    return torch.randint(cfg.vocab_size, (batch, 1), generator=generator(device, seed), device=device)
+
+
+class Stopwatch:
+    """Wall seconds of a set-up block on `device` (synchronized: queued kernels count), reported apart from steps."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds = device, 0.0
+
+    def __enter__(self) -> Stopwatch:
+        synchronize(self.device)
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._t0
 
 
 # -------------------------------------------------------------------------------------------------- timing
@@ -165,19 +233,6 @@ def copy_bandwidth(device: torch.device, nbytes: int = 1 << 29, repeats: int = 5
     return 2 * nbytes / statistics.median(times)
 
 
-def free_memory_bytes(device: torch.device) -> float:
-    """Memory still free: CUDA's free bytes, or MemAvailable from /proc/meminfo on CPU (NaN if unknown)."""
-    if device.type == "cuda":
-        return float(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return math.nan
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
     """Peak bytes allocated by torch during one call of `fn`, above what was allocated before it.
 
@@ -218,8 +273,8 @@ def profile_table(fns: dict, device: torch.device, row_limit: int = 15) -> str:
             fn()
             synchronize(device)
         parts.append(f"## {name}\n\n{prof.key_averages().table(sort_by=sort, row_limit=row_limit)}")
-        classes = op_classes(prof.key_averages()).to_markdown(index=False)
-        parts.append(f"### {name}: self time by op class\n\n{classes}\n")
+        classes = op_classes(prof.key_averages(), device.type).to_markdown(index=False)
+        parts.append(f"### {name}: self {'CUDA' if device.type == 'cuda' else 'CPU'} time by op class\n\n{classes}\n")
     return "\n".join(parts)
 
 
@@ -236,16 +291,36 @@ OP_CLASSES = (
 )
 
 
-def op_classes(averages) -> pd.DataFrame:
-    """Self CPU time per op class (OP_CLASSES) of a profiler's key_averages: ms and share of the total."""
+# On a GPU the rows classified are the device's own events (kernels, memcpy, memset), by kernel name: a CUDA graph's
+# kernels have no aten op above them, and an aten row's device time would count its kernels a second time.
+KERNEL_CLASSES = (  # attention first: its kernels are often CUTLASS or cuDNN ones too
+    ("attention (SDPA)", r"(?i)fmha|flash|attention|sdpa|cudnn"),
+    ("matmul", r"(?i)gemm|gemv|xmma|cublas|cutlass|nvjet"),
+    ("softmax / cross-entropy", r"(?i)softmax|nll_loss|cross_entropy"),
+    ("optimizer", r"(?i)adam|multi_tensor_apply"),
+    ("copies and casts", r"(?i)copy|memcpy|memset|cat|index|embedding|fill"),
+    ("elementwise (norms, RoPE, SwiGLU, adds)", r""),
+)
+
+
+def op_classes(averages, device: str = "cpu") -> pd.DataFrame:
+    """Self time per op class of a profiler's key_averages: ms and share of the total. CPU: the ops' self CPU time
+    (OP_CLASSES). CUDA: the GPU's own time, kernel by kernel (KERNEL_CLASSES), since host time says nothing about
+    the GPU."""
     import re
 
-    totals = dict.fromkeys((c for c, _ in OP_CLASSES), 0.0)
+    from torch.autograd import DeviceType
+
+    classes = OP_CLASSES if device == "cpu" else KERNEL_CLASSES
+    totals = dict.fromkeys((c for c, _ in classes), 0.0)
     for evt in averages:
-        cls = next(c for c, pattern in OP_CLASSES if re.search(pattern, evt.key))
-        totals[cls] += evt.self_cpu_time_total / 1e3
+        if device != "cpu" and getattr(evt, "device_type", DeviceType.CPU) == DeviceType.CPU:
+            continue  # a host op: its kernels are counted as themselves
+        cls = next(c for c, pattern in classes if re.search(pattern, evt.key))
+        totals[cls] += (evt.self_cpu_time_total if device == "cpu" else evt.self_device_time_total) / 1e3
     whole = sum(totals.values()) or 1.0
-    return pd.DataFrame({"op class": list(totals), "self ms": list(totals.values()),
+    clock = "self CPU ms" if device == "cpu" else "self CUDA ms"
+    return pd.DataFrame({"op class": list(totals), clock: list(totals.values()),
                          "share": [f"{100 * v / whole:.1f}%" for v in totals.values()]})  # fmt: skip
 
 

@@ -1,10 +1,11 @@
 """`gqa-bench decode|serve --attention gqa gta mla`: one row per attention type and G, side by side.
 
-Every case decodes greedily from a cache of `context` random tokens with our own single-token step (GQA folded on
-the CPU, GTA reading its tied state in place, MLA absorbed), so what differs is what a step reads: the cache
-(measured from the cache's own buffers and checked against the formula of gqa_sweep/model/kv_formula.py) plus the
-weights. Beside the measured tokens/s, `ai_model` is the GLA paper's arithmetic-intensity model of decode
-attention (arXiv 2505.21487, Table 1: FLOPs per byte of cache read): GQA H/G (MHA 1, MQA H), GTA 2H/G, MLA 2H.
+Every case decodes greedily from a cache of `context` random tokens (drawn on the device) with our own
+single-token step (GQA and GTA folded on the CPU, MLA absorbed; graph-replayed on CUDA, --decode-mode), so what
+differs is what a step reads: the cache (measured from the cache's own buffers and checked against the formula of
+gqa_sweep/model/kv_formula.py) plus the weights. Beside the measured tokens/s, `ai_model` is the GLA paper's
+arithmetic-intensity model of decode attention (arXiv 2505.21487, Table 1: FLOPs per byte of cache read): GQA H/G
+(MHA 1, MQA H), GTA 2H/G, MLA 2H.
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ from __future__ import annotations
 import argparse
 
 import pandas as pd
-import torch
 
-from gqa_sweep.bench.common import Env, interleaved, model_config, stats, weight_bytes
+from gqa_sweep.bench.common import (
+    Env,
+    Stopwatch,
+    build_model,
+    first_tokens,
+    interleaved,
+    model_config,
+    random_cache,
+    stats,
+    weight_bytes,
+)
+from gqa_sweep.bench.steps import decoder_fn
 from gqa_sweep.model.shape import ModelConfig, divisors
 from gqa_sweep.model.transformer import DecoderLM
 
@@ -45,16 +56,6 @@ def ai_model(attention: str, G: int | None, H: int) -> float:
     return {"gqa": lambda: H / G, "gta": lambda: 2 * H / G, "mla": lambda: 2 * H}[attention]()
 
 
-def random_cache(model: DecoderLM, batch: int, ctx: int, seed: int):
-    """A cache of the model's dtype and device holding `ctx` tokens of random entries (any variant)."""
-    cache = model.new_cache(batch)
-    g = torch.Generator().manual_seed(seed)
-    for buf in cache.buffers():
-        buf[:, :, :ctx] = torch.randn(buf[:, :, :ctx].shape, generator=g).to(buf)
-    cache.length = ctx
-    return cache
-
-
 def measured_bytes_per_token(model: DecoderLM, cache, ctx: int) -> int:
     """Bytes the cache's own buffers hold per token per sequence; must equal the config's formula."""
     measured = cache.nbytes(ctx) // (ctx * cache.batch_size)
@@ -65,18 +66,17 @@ def measured_bytes_per_token(model: DecoderLM, cache, ctx: int) -> int:
 
 
 def bench_decode_variants(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame, str]:
-    from gqa_sweep.bench.decode import decode_fn, first_tokens
-
-    block = max(a.context) + a.new_tokens
     H = model_config(a, 1).n_heads
     rows = []
     for ctx in a.context:
-        fns, models = {}, {}
+        fns, models, setup = {}, {}, {}
         for att, G in cases(a):
-            torch.manual_seed(a.seed)
-            model = models[(att, G)] = DecoderLM(variant_config(a, att, G or H, block)).to(env.device, env.dtype)
-            cache = random_cache(model.eval(), a.batch, ctx, a.seed)
-            fns[(att, G)] = decode_fn(model, cache, first_tokens(model.cfg, a.batch, a.seed, env.device), a.new_tokens)
+            with Stopwatch(env.device) as watch:  # build + cache fill (+ graph capture), apart from the steps
+                model = models[(att, G)] = build_model(variant_config(a, att, G or H, ctx + a.new_tokens), env, a.seed)
+                cache = random_cache(model, a.batch, ctx, a.seed)
+                first = first_tokens(model.cfg, a.batch, a.seed, env.device)
+                fns[(att, G)] = decoder_fn(model, cache, first, a.new_tokens, getattr(a, "decode_mode", "auto"))
+            setup[(att, G)] = watch.seconds
         t = {k: stats(v) for k, v in interleaved(fns, env.device, a.warmup, a.repeats).items()}
         for (att, G), model in models.items():
             per_token = measured_bytes_per_token(model, fns[(att, G)].cache, ctx)
@@ -86,7 +86,7 @@ def bench_decode_variants(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame
                 "attention": att, "G": G, "kind": kind(att, G, H), "context": ctx, "batch": a.batch,
                 "cache_bytes_per_token": per_token, "cache_MiB": kv / 2**20, "weight_MiB": w / 2**20,
                 "bytes_per_token": (kv + w) / a.batch, "ms_per_token": step * 1e3, "tok_s": a.batch / step,
-                "GBps": (kv + w) / step / 1e9, "ai_model": ai_model(att, G, H),
+                "GBps": (kv + w) / step / 1e9, "ai_model": ai_model(att, G, H), "setup_s": setup[(att, G)],
             })  # fmt: skip
         del fns, models
     df = pd.DataFrame(rows)
@@ -99,8 +99,9 @@ def bench_decode_variants(a: argparse.Namespace, env: Env) -> tuple[pd.DataFrame
 
 NOTE = (
     "--attention rows: one greedy decoder per attention type and G, same preset shape, random cache of `context` "
-    "tokens, our single-token step (GQA folded, GTA in place, MLA absorbed); cache_bytes_per_token = bytes the "
-    "cache's buffers hold per token per sequence (checked equal to ModelConfig.kv_bytes_per_token); bytes_per_token "
-    "= (cache + matmul weights) / batch read per step; tok_s = batch / median step; ai_model = the GLA paper's "
-    "arithmetic intensity of decode attention (GQA H/G, GTA 2H/G, MLA 2H), a model, not measured."
+    "tokens, our single-token step (GQA and GTA folded, MLA absorbed; graph-replayed on CUDA); "
+    "cache_bytes_per_token = bytes the cache's buffers hold per token per sequence (checked equal to "
+    "ModelConfig.kv_bytes_per_token); bytes_per_token = (cache + matmul weights) / batch read per step; tok_s = "
+    "batch / median step; setup_s = build + cache fill (+ graph capture), not in the steps; ai_model = the GLA "
+    "paper's arithmetic intensity of decode attention (GQA H/G, GTA 2H/G, MLA 2H), a model, not measured."
 )

@@ -8,7 +8,7 @@
                   into the query, W_UV into the output, as DeepSeek-V3's attn_impl="absorb"): only c and k_R cached.
 
 Each has forward(x, cos, sin, cache, layer) and max_logit(x, cos, sin); `build_attention(cfg, layer)` picks one
-and `new_cache(cfg, ...)` its cache (append / nbytes / length). Training and prefill go through
+and `new_cache(cfg, ...)` its cache (gqa_sweep/model/cache.py). Training and prefill go through
 `scaled_dot_product_attention(..., enable_gqa=True)` with G heads of K/V for GQA and GTA (never repeated to H).
 """
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gqa_sweep.model.cache import Cache, KVCache, LatentCache, TiedCache, new_cache  # noqa: F401 (also exported here)
 from gqa_sweep.model.kv_formula import attention_type
 from gqa_sweep.model.layers import RMSNorm, apply_rope
 from gqa_sweep.model.shape import MLA_NORM_EPS, ModelConfig
@@ -40,91 +41,6 @@ def sdpa_context(backend: str):
             "math": SDPBackend.MATH,
         }[backend]
     )
-
-
-# ---------------------------------------------------------------- caches
-
-
-class Cache:
-    """Per-layer buffers with the token axis at dim 2, filled up to `length`; a step attends to views, not copies."""
-
-    def __init__(self, layers: list[tuple[torch.Tensor, ...]]) -> None:
-        self.layers = layers
-        self.length = 0  # tokens already stored
-
-    @property
-    def batch_size(self) -> int:
-        return self.layers[0][0].shape[0]
-
-    def buffers(self) -> list[torch.Tensor]:
-        return [buf for layer in self.layers for buf in layer]
-
-    def elements_per_token(self, layer: int) -> int:
-        """Elements one token of one sequence occupies in `layer` (the formula of gqa_sweep/model/kv_formula.py)."""
-        return sum(buf[:1, :, :1].nelement() for buf in self.layers[layer])
-
-    def nbytes(self, length: int | None = None) -> int:
-        """Bytes held by `length` cached tokens (default: the filled part) over all layers and sequences."""
-        n = self.length if length is None else length
-        return n * sum(buf[:, :, :1].nelement() * buf.element_size() for buf in self.buffers())
-
-    def append(self, layer: int, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Write this step's tensors after the cached tokens; return views of everything cached so far."""
-        start, T = self.length, parts[0].shape[2]
-        for buf, x in zip(self.layers[layer], parts):
-            buf[:, :, start : start + T] = x
-        return tuple(buf[:, :, : start + T] for buf in self.layers[layer])
-
-
-class KVCache(Cache):
-    """GQA: K and V of shape (B, G_l, block_size, d_head): exactly G_l heads, never H."""
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
-        def buf(G):
-            return torch.zeros(batch_size, G, cfg.block_size, cfg.d_head, device=device, dtype=dtype)
-
-        super().__init__([(buf(G), buf(G)) for G in cfg.kv_heads_per_layer])
-
-    @property
-    def k(self) -> list[torch.Tensor]:
-        return [layer[0] for layer in self.layers]
-
-    @property
-    def v(self) -> list[torch.Tensor]:
-        return [layer[1] for layer in self.layers]
-
-
-class TiedCache(Cache):
-    """GTA: the tied state (B, G_l, block_size, d_head) and the single-head RoPE key (B, 1, block_size, d_R)."""
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
-        def buf(heads, dim):
-            return torch.zeros(batch_size, heads, cfg.block_size, dim, device=device, dtype=dtype)
-
-        super().__init__([(buf(G, cfg.d_head), buf(1, cfg.rope_dim)) for G in cfg.kv_heads_per_layer])
-
-
-class LatentCache(Cache):
-    """MLA: one buffer (B, 1, block_size, d_c + d_R) per layer: the normalised latent, then k_R (rotated).
-
-    One buffer, so a decode step reads [c; k_R] as the key and its first d_c dims as the value in one SDPA call.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch_size: int, device, dtype) -> None:
-        shape = (batch_size, 1, cfg.block_size, cfg.kv_lora_rank + cfg.rope_dim)
-        super().__init__([(torch.zeros(shape, device=device, dtype=dtype),) for _ in range(cfg.n_layers)])
-        self.d_c = cfg.kv_lora_rank
-
-    def append(self, layer: int, c: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor]:
-        start, T = self.length, c.shape[2]
-        (buf,) = self.layers[layer]
-        buf[:, :, start : start + T, : self.d_c] = c
-        buf[:, :, start : start + T, self.d_c :] = k_rope
-        return (buf[:, :, : start + T],)
-
-
-def new_cache(cfg: ModelConfig, batch_size: int, device, dtype) -> Cache:
-    return globals()[attention_type(cfg.attention).cache](cfg, batch_size, device, dtype)
 
 
 # ---------------------------------------------------------------- attention
@@ -151,6 +67,20 @@ class AttentionBase(nn.Module):
         if q.dtype not in (torch.bfloat16, torch.float16):
             return False
         return q.device.type == "cpu" if self.fp32_attention is None else self.fp32_attention
+
+    def attend_one(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One token's attention, q (B, H, 1, d) over the cached k, v (B, G, L, d): (B, 1, H * d), heads in order.
+
+        GQA's and GTA's decode step. Folded, the group's query heads become H/G query rows of its one K/V head, all
+        attending to every cached key. A static cache's mask always folds: SDPA has no fused kernel for a mask
+        with enable_gqa, while the folded call is a plain one (flash / memory-efficient / cuDNN on CUDA).
+        """
+        B = q.shape[0]
+        if mask is None and not self.folds(q):
+            return self.sdpa(q, k, v, causal=False).transpose(1, 2).reshape(B, 1, -1)
+        q = q.view(B, self.n_kv_heads, self.group_size, q.shape[-1])
+        with sdpa_context(self.cfg.sdpa_backend):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, 1, -1)
 
     def sdpa(self, q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
         """The training / prefill call: grouped over K/V heads, fp32 on the CPU for half inputs (see above)."""
@@ -207,13 +137,8 @@ class GQAAttention(AttentionBase):
         causal = _causal(T, cache)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if T == 1 and self.folds(x):
-            # (B, H, 1, d) -> (B, G, H/G, d): the group's query heads become G rows of H/G "positions",
-            # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
-            q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
-            with sdpa_context(self.cfg.sdpa_backend):
-                y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
-            return self.o_proj(y.reshape(B, 1, -1))
+        if T == 1:
+            return self.o_proj(self.attend_one(q, k, v, None if cache is None else cache.mask))
         y = self.sdpa(q, k, v, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -260,15 +185,10 @@ class GTAAttention(AttentionBase):
         if cache is not None:
             tied, k_rope = cache.append(layer, tied, k_rope)
         k = self.keys(tied, k_rope)  # G heads (a copy of the cache's unrotated part + k_R), never H
-        if T == 1 and self.folds(x):
-            # As GQA's folded step: the group's heads become H/G query rows of its one K/V head. Building K and
-            # calling SDPA measured as fast or faster on the CPU (one thread, fp32, B 4-16, 1k-4k tokens, G 1-4:
-            # 0.28-8.9 ms vs 0.28-9.0 ms, 10 of 12 shapes) than reading the tied state in place with two score
-            # matmuls, a softmax and a third matmul (docs/metrics.md).
-            q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
-            with sdpa_context(self.cfg.sdpa_backend):
-                y = F.scaled_dot_product_attention(q, k, tied)  # (B, G, H/G, d_head) = heads in order
-            return self.o_proj(y.reshape(B, 1, -1))
+        if T == 1:
+            # GQA's step with the tied state as V. Building K and calling SDPA measured as fast or faster on the CPU
+            # than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
+            return self.o_proj(self.attend_one(q, k, tied, None if cache is None else cache.mask))
         y = self.sdpa(q, k, tied, causal)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -323,15 +243,15 @@ class MLAAttention(AttentionBase):
         B, T, _ = x.shape
         q_nope, q_rope = self.query(x, cos, sin)
         c, k_rope = self.latent(x, cos, sin)
-        if cache is not None and T == 1 and cache.length > 0:
-            return self.absorbed(q_nope, q_rope, *cache.append(layer, c, k_rope))
+        if cache is not None and T == 1 and (cache.length > 0 or cache.pos is not None):
+            return self.absorbed(q_nope, q_rope, *cache.append(layer, torch.cat((c, k_rope), -1)), mask=cache.mask)
         if cache is not None:  # a prefill: cache the pair, attend in the expanded form
-            cache.append(layer, c, k_rope)
+            cache.append(layer, torch.cat((c, k_rope), -1))
         q, k, v = self.expand(q_nope, q_rope, c, k_rope)
         y = self.sdpa(q, k, v, causal=T > 1, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
-    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, ckr: torch.Tensor) -> torch.Tensor:
+    def absorbed(self, q_nope: torch.Tensor, q_rope: torch.Tensor, ckr: torch.Tensor, mask=None) -> torch.Tensor:
         """One token against the cached [c ; k_R] (B, 1, L, d_c + d_R): scores q_nope W_UK . c + q_R . k_R, output
         (softmax . c) W_UV, so per-head K and V are never formed; the H heads are H query rows of one KV head."""
         B, H = q_nope.shape[0], self.cfg.n_heads
@@ -339,7 +259,7 @@ class MLAAttention(AttentionBase):
         q_c = torch.einsum("bhd,hdc->bhc", q_nope[:, :, 0], w[:, : self.dn])  # W_UK into the query
         q = torch.cat((q_c, q_rope[:, :, 0]), dim=-1).unsqueeze(1)  # (B, 1, H, d_c + d_R)
         with sdpa_context(self.cfg.sdpa_backend):
-            y = F.scaled_dot_product_attention(q, ckr, ckr[..., : self.dc], scale=self.scale)  # (B, 1, H, d_c)
+            y = F.scaled_dot_product_attention(q, ckr, ckr[..., : self.dc], attn_mask=mask, scale=self.scale)
         y = torch.einsum("bhc,hvc->bhv", y[:, 0], w[:, self.dn :])  # W_UV into the output
         return self.o_proj(y.reshape(B, 1, H * self.dv))
 

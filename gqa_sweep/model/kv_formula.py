@@ -7,7 +7,8 @@ attention parameters of one layer, and the names of the module and cache that im
 
 Every KV byte count (ModelConfig.kv_bytes_per_token, gqa-kv, the benches, the report) multiplies these
 elements by bytes per element (DTYPE_BYTES) and layers. Imports nothing (neither torch nor the package), so
-`gqa-kv` and the config checks use it for free; gqa_sweep/model/attention.py looks the classes up by name.
+`gqa-kv` and the config checks use it for free; gqa_sweep/model/attention.py and cache.py look the classes up
+by name.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class AttentionType:
     knobs: tuple[str, ...]  # the ModelConfig fields only this type may set
     cached: Callable[[int | None, int, int | None, int | None], int]  # (G, d_head, d_R, d_c) -> elements/token/layer
     layer_params: Callable[..., int]  # (shape, G of the layer) -> attention parameters of one layer
-    module: str  # class names in gqa_sweep/model/attention.py
-    cache: str
+    module: str  # class name in gqa_sweep/model/attention.py
+    cache: str  # class name in gqa_sweep/model/cache.py
 
 
 ATTENTION_TYPES: dict[str, AttentionType] = {

@@ -15,6 +15,7 @@ from gqa_sweep.model.kv_formula import (
 )
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+DECODE_MODES = ("auto", "eager", "graph")  # gqa_sweep/model/decode.py: auto = graph on CUDA, eager elsewhere
 
 
 def _check_kv_heads(G, H: int, layer: int | None = None) -> None:

@@ -95,14 +95,15 @@ class DecoderLM(nn.Module):
         if cache is not None:
             if B != cache.batch_size:
                 raise ValueError(f"batch of {B} sequences but the cache was built for {cache.batch_size}")
-            if start > 0 and T > 1:
+            if (start > 0 or cache.pos is not None) and T > 1:
                 raise ValueError("KV cache accepts a prefill at position 0, then one token at a time")
-        cos, sin = self._rope(start, T)
+        static = cache is not None and cache.pos is not None  # gqa_sweep/model/decode.py: position on the device
+        cos, sin = cache.static_step(self.rope_cos, self.rope_sin) if static else self._rope(start, T)
         x = self.embed(idx)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return self.lm_head(self.norm(x))
 
     @torch.no_grad()

@@ -81,6 +81,10 @@ RUN_COLUMNS: dict[str, str] = {
     # What the per-run decode measured: sequences per step and tokens cached at the last step.
     "decode_batch": "INTEGER",
     "decode_context": "INTEGER",
+    # How it was measured: the step (eager | graph: a CUDA graph replayed) and the cache's bytes at the last step
+    # over the matmul weights' (> 1: the cache dominates what a step reads, where fewer KV heads pay off).
+    "decode_mode": "TEXT",
+    "decode_cache_over_weights": "REAL",
     # Stability mitigations (experiment=stability).
     "qk_norm": "INTEGER",
     "z_loss": "REAL",

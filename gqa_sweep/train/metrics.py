@@ -5,9 +5,14 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
 
 import torch
 
+from gqa_sweep.model.decode import StaticDecoder, resolve_mode
+from gqa_sweep.model.shape import MLA_KNOBS, ModelConfig, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
 
 # Dense peak FLOP/s per device (vendor datasheets, no sparsity). Keys are substrings of
@@ -109,12 +114,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# A GPU run's decode is measured where the cache matters: the batch grows until the MHA twin's full cache is this
+# many times the weights, so a step's bytes are mostly cache and fewer KV heads show (docs/metrics.md).
+CACHE_OVER_WEIGHTS = 4
+
+
+def cache_bound_batch(cfg: ModelConfig, floor: int, elem: int, free_bytes: float) -> int:
+    """Smallest power-of-two batch >= `floor` whose G=H (MHA) cache of block_size tokens per sequence holds
+    CACHE_OVER_WEIGHTS x the MHA model's matmul weights: the same batch for every G of a sweep. Halved (not below
+    `floor`) while that cache would take over half of `free_bytes`."""
+    mha = replace(cfg, n_kv_heads=cfg.n_heads, attention="gqa", **dict.fromkeys(MLA_KNOBS))
+    per_seq, weights = mha.kv_bytes_per_token(elem) * mha.block_size, non_embedding_params(mha) * elem
+    batch = 1 << max(floor - 1, 0).bit_length()
+    while batch * per_seq < CACHE_OVER_WEIGHTS * weights:
+        batch *= 2
+    while batch > floor and batch * per_seq > free_bytes / 2:
+        batch //= 2
+    return batch
+
+
+def cache_bound(m, cfg: ModelConfig, device: torch.device, elem: int):
+    """metrics.decode_cache_bound (auto: on CUDA): the batch rule of a cache-bound decode, or None."""
+    bound = m.get("decode_cache_bound", "auto")
+    if bound is True or (bound == "auto" and device.type == "cuda"):
+        return partial(cache_bound_batch, cfg, elem=elem, free_bytes=free_memory_bytes(device))
+    return None
+
+
+def free_memory_bytes(device: torch.device) -> float:
+    """Memory still free: CUDA's free bytes, or MemAvailable from /proc/meminfo on CPU (NaN if unknown)."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.nan
+
+
 @torch.no_grad()
-def decode_tokens_per_s(model: DecoderLM, prompt: torch.Tensor, new_tokens: int, repeats: int = 3) -> float:
+def decode_tokens_per_s(
+    model: DecoderLM, prompt: torch.Tensor, new_tokens: int, repeats: int = 3, mode: str = "eager"
+) -> float:
     """Median tokens/s of KV-cached greedy decode steps after a prefill of `prompt` (B, T); prefill untimed.
 
-    Each repeat prefills a fresh cache, then times `new_tokens` single-token steps (the cache grows from T to
-    T + new_tokens - 1 tokens read): B * new_tokens / their wall time. Needs T + new_tokens <= block_size.
+    Each repeat times `new_tokens` single-token steps (the cache grows from T to T + new_tokens - 1 tokens read):
+    B * new_tokens / their wall time. eager: a fresh cache and prefill per repeat, our step op by op; graph: one
+    prefill, the static-cache step captured once in a CUDA graph (gqa_sweep/model/decode.py), every repeat
+    replaying it from the prefill's end. Needs T + new_tokens <= block_size.
     """
     B, T = prompt.shape
     if T + new_tokens > model.cfg.block_size or new_tokens < 1:
@@ -123,14 +172,23 @@ def decode_tokens_per_s(model: DecoderLM, prompt: torch.Tensor, new_tokens: int,
     was_training = model.training
     model.eval()
     device = prompt.device
+    static = None
+    if resolve_mode(mode, device) == "graph":
+        cache = model.new_cache(B)
+        first = model(prompt, cache)[:, -1].argmax(dim=-1, keepdim=True)
+        static = StaticDecoder(model, cache, mode="graph")
     times = []
     for r in range(repeats + 1):  # the first round warms up the allocator and kernels
-        cache = model.new_cache(B)
-        tok = model(prompt, cache)[:, -1].argmax(dim=-1, keepdim=True)
+        if static is None:
+            cache = model.new_cache(B)
+            tok = model(prompt, cache)[:, -1].argmax(dim=-1, keepdim=True)
         _sync(device)
         t0 = time.perf_counter()
-        for _ in range(new_tokens):
-            tok = model(tok, cache)[:, -1].argmax(dim=-1, keepdim=True)
+        if static is None:
+            for _ in range(new_tokens):
+                tok = model(tok, cache)[:, -1].argmax(dim=-1, keepdim=True)
+        else:
+            static.generate(first, new_tokens)
         _sync(device)
         if r:
             times.append(time.perf_counter() - t0)
