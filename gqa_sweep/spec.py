@@ -142,8 +142,9 @@ def build_spec(config: dict, precision_note: str = "") -> RunSpec:
         raise ValueError("build_spec needs trainer.precision resolved for the device (gqa_sweep.plan.planned_config)")
     data = dict(c["data"])
     data.pop("order", None)  # the batch order's version: part of the id, fixed by this code
-    data["path"] = absolute(data.get("path"))
-    data["cache_dir"] = absolute(data.get("cache_dir", "cache"))
+    for key in ("path", "cache_dir"):
+        if key in data:
+            data[key] = absolute(data[key])
     init = c["init"]
     return RunSpec(
         run_id=run_id,
