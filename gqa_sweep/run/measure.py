@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from gqa_sweep.model.kv import DTYPE_BYTES
 from gqa_sweep.train.metrics import decode_tokens_per_s, device_name, flops_per_token, precision_dtype
 from gqa_sweep.train.module import LMModule
-from gqa_sweep.train.peak import correct_peak, mfu
+from gqa_sweep.train.peak import correct_peak, measured_peak, mfu
 
 
 def decode_plan(cfg: DictConfig) -> tuple[int, int, int]:
@@ -45,6 +45,7 @@ def measure(cfg: DictConfig, module: LMModule, dm, trainer, summary: dict) -> di
         "peak_flops": peak.flops,
         "peak_source": peak.source,
         "peak_measured_at": peak.measured_at or None,
+        "peak_flops_measured": measured_peak(device, dtype).flops,  # a GPU's beside its datasheet `peak_flops`
         "kv_dtype": kv_dtype,
         "kv_bytes_per_token": model.cfg.kv_bytes_per_token(int(DTYPE_BYTES[kv_dtype])),
         "decode_tokens_per_s": math.nan,

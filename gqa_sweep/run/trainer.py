@@ -39,7 +39,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, name: str, metrics: RunMetrics
     steps = max_steps_of(config)
     callbacks = [
         metrics,
-        *([StepProgress(name, steps, metrics.tokens_per_step)] if show_bar(str(cfg.progress)) else []),
+        *([StepProgress(name, steps, metrics.tokens_per_step, metrics.history)] if show_bar(str(cfg.progress)) else []),
         ModelCheckpoint(
             dirpath=str(run_dir),
             save_top_k=0,
