@@ -96,9 +96,9 @@ if [ "$MODE" = gpu ]; then
   step gpt2 170 runs "$R/gpt2" "experiment=gpt2_124m, G = 1, 12, 300 steps (bf16, compiled)" -- \
     "${SWEEP[@]}" -m experiment=gpt2_124m "${GPT2_DATA[@]}" model.n_kv_heads=1,12 trainer.max_steps=300 \
     trainer.val_check_interval=300 logger=none "results_dir=$R/gpt2"
-  step oom 90 runs "$R/oom" "out of memory as a row: GPT-2-small shape, batch 4 and 512 x 1,024 (eager)" -- \
+  step oom 90 runs "$R/oom" "out of memory as a row: GPT-2-small shape, batch 512 x 1,024 then 4 (eager)" -- \
     "${SWEEP[@]}" -m trainer=gpu trainer.compile=false model=gpt2-124m model.n_kv_heads=4 data.block_size=1024 \
-    data.batch_size=4,512 trainer.max_steps=20 trainer.val_check_interval=20 logger=none "results_dir=$R/oom"
+    data.batch_size=512,4 trainer.max_steps=20 trainer.val_check_interval=20 logger=none "results_dir=$R/oom"
   DECODE=("${BENCH[@]}" decode --model llama-7b-layer --batch 16 --context 8192 "${DEV[@]}" --out "$R/bench")
   SERVE=("${BENCH[@]}" serve --model llama-7b "${DEV[@]}" --out "$R/bench")
   PEAK=("${BENCH[@]}" peak --device cuda --dtypes bf16 --out "$R/bench")

@@ -93,13 +93,13 @@ def test_a_gpu_run_writes_gpu_honest_numbers(tmp_path: Path) -> None:
 
 
 def test_out_of_gpu_memory_is_a_failed_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    """GPT-2-small's shape on characters: batch 4 fits, batch 512 x 1,024 tokens (~300 GB of activations) does
-    not; eager, so the failing run spends no time compiling."""
+    """GPT-2-small's shape on characters: batch 512 x 1,024 tokens (~300 GB of activations) runs out of memory
+    first, then batch 4 trains on the memory it gave back; eager, so the failing run spends no time compiling."""
     from gqa_sweep.store.results import load_runs
 
     results = tmp_path / "results"
     proc = gqa_sweep("-m", "trainer=gpu", "trainer.compile=false", "model=gpt2-124m", "model.n_kv_heads=4",
-                     "data.block_size=1024", "data.batch_size=4,512", "trainer.max_steps=4",
+                     "data.block_size=1024", "data.batch_size=512,4", "trainer.max_steps=4",
                      "trainer.val_check_interval=4", "metrics.throughput_warmup=1", "logger=none",
                      f"results_dir={results}", cwd=tmp_path, timeout=600)  # fmt: skip
     assert proc.returncode != 0

@@ -28,7 +28,7 @@ def test_the_plan_is_the_acceptance_by_value(tmp_path: Path) -> None:
     sweep, gpt2, oom, decode, serve = lines[:5]
     assert "gqa_sweep.cli -m trainer=gpu logger=none results_dir=" in sweep  # the README's sweep, on the GPU
     assert "experiment=gpt2_124m model.n_kv_heads=1,12" in gpt2 and "max_steps" in gpt2
-    assert "trainer.compile=false" in oom and "data.batch_size=4,512" in oom
+    assert "trainer.compile=false" in oom and "data.batch_size=512,4" in oom
     assert "decode --model llama-7b-layer --batch 16 --context 8192 --device cuda --dtype bf16" in decode
     assert "serve --model llama-7b --device cuda --dtype bf16" in serve
     assert all(int(line.split("(timeout ")[1].split("s)")[0]) <= 170 for line in lines)

@@ -268,3 +268,21 @@ def test_ce_loss_of_the_module_is_plain_cross_entropy() -> None:
     ce, total = module.losses(x, y)
     assert ce is total  # no z term: no extra logsumexp
     assert ce.item() == pytest.approx(F.cross_entropy(module.model(x).float().view(-1, 64), y.view(-1)).item())
+
+
+def test_a_gpu_run_that_shared_its_gpu_is_recorded_and_warned_about(tmp_path: Path, caplog) -> None:
+    """A GPU row has no CPU figures to quote: the warning names the other processes instead."""
+    from gqa_sweep.run.train import record_run
+    from gqa_sweep.store.results import ResultsStore, load_runs
+
+    plan = SimpleNamespace(name="H8-G2-s0", run_id="abc", stored_id=None, store=ResultsStore(tmp_path))
+    row = {"run_id": "abc", "status": "completed", "max_steps": 4, "val_loss": 1.0, "val_ppl": math.e,
+           "train_tokens_per_s": 1e5, "train_tokens_per_s_p10": 9e4, "train_tokens_per_s_p90": 1.1e5,
+           "decode_tokens_per_s": 1e3, "compile_s": 12.3, "cpu_util": None, "load_start": None, "load_end": None,
+           "gpu_others": 1, "contended": True}  # fmt: skip
+    with caplog.at_level("INFO", logger="gqa_sweep"):
+        record_run(plan, row, SimpleNamespace(history=[]), LMModule(MODEL), tmp_path)
+    assert "H8-G2-s0 shared its GPU with 1 other process(es): its throughput is not comparable" in caplog.text
+    assert "compiled in 12 s (not in tok/s)" in caplog.text
+    stored = load_runs(tmp_path).iloc[0]
+    assert (stored.contended, stored.gpu_others, stored.compile_s) == (1, 1, 12.3) and stored.cpu_util is None
