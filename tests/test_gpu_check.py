@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,8 @@ SCRIPT = ROOT / "scripts" / "gpu-check.sh"
 
 
 def script(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=sweep_env(), stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=cwd, env=sweep_env(PYTHON=sys.executable),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
 def test_the_plan_is_the_acceptance_by_value(tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ def test_two_steps_run_for_real_on_the_cpu(tmp_path: Path) -> None:
 def test_a_step_past_the_budget_is_listed_as_not_run(tmp_path: Path) -> None:
     """The whole check stays under GPU_CHECK_BUDGET_S (470 s: under 8 minutes with the table)."""
     out = tmp_path / "out"
-    env = sweep_env(GPU_CHECK_BUDGET_S="5")
+    env = sweep_env(GPU_CHECK_BUDGET_S="5", PYTHON=sys.executable)
     proc = subprocess.run(["bash", str(SCRIPT), "--cpu", "--only", "peak", str(out)], cwd=tmp_path, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
