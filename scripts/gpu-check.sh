@@ -138,9 +138,11 @@ fi
 
 [ "$DRY" = 1 ] && exit 0
 {
-  echo "# gpu-check ($MODE): $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU")'), torch $("$PY" -c 'import torch; print(torch.__version__)'), $(date -u +%Y-%m-%d), $((SECONDS - T0)) s"
+  WHERE=$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU")
+print("torch", torch.__version__)' | paste -sd, | sed 's/,/, /')
+  echo "# gpu-check ($MODE): $WHERE, $(date -u +%Y-%m-%d), $((SECONDS - T0)) s"
   echo
-  "$PY" -m gqa_sweep.bench.gpu_check "$OUTDIR/steps.tsv"
+  "$PY" -m gqa_sweep.report.gpu_check "$OUTDIR/steps.tsv"
 } > "$OUTDIR/gpu-check.md"
 cat "$OUTDIR/gpu-check.md"
 echo "wrote $OUTDIR/gpu-check.md"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gqa_sweep.bench.gpu_check import run_figure, table
+from gqa_sweep.report.gpu_check import run_figure, table
 from gqa_sweep.store.results import ResultsStore
 from tests.conftest import ROOT, sweep_env
 

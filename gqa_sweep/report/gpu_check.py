@@ -1,6 +1,6 @@
 """The table of scripts/gpu-check.sh: one row per step (status, seconds, the figures it measured).
 
-    python -m gqa_sweep.bench.gpu_check STEPS_TSV > gpu-check.md
+    python -m gqa_sweep.report.gpu_check STEPS_TSV > gpu-check.md
 
 STEPS_TSV has one line per step: name, status, seconds, kind, source, what (tab-separated; the script writes
 it). `kind` says how to read `source`: `runs` a results dir (one figure per run, from its rows), `csv` a
@@ -121,7 +121,7 @@ def table(steps_tsv: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m gqa_sweep.bench.gpu_check STEPS_TSV", file=sys.stderr)
+        print("usage: python -m gqa_sweep.report.gpu_check STEPS_TSV", file=sys.stderr)
         return 2
     print(table(argv[0]))
     return 0
