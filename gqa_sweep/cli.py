@@ -16,13 +16,15 @@ from omegaconf import DictConfig
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", ".*treespec, LeafSpec.*")  # lightning vs torch 2.13 pytree deprecation
+    from gqa_sweep.run.oom import releasing
     from gqa_sweep.run.train import run  # heavy: torch, Lightning
 
     # After the import: lightning.pytorch sets its own logger to INFO when first imported (a joblib or
     # submitit worker imports it here), which would print its tips in every job's log.
     for noisy in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    run(cfg)
+    with releasing():  # a failed job's model and optimizer state leave the device before the sweep's next job
+        run(cfg)
 
 
 def cli() -> None:

@@ -90,7 +90,7 @@ def train_fns(a: argparse.Namespace, env: Env, G: int, loader) -> tuple[dict, di
     steps = a.warmup + a.steps
     module = LMModule(model_config(a, G, a.seq).to_dict(), max_steps=steps, warmup_steps=1)
     bare = copy.deepcopy(module).to(env.device)
-    hf = to_hf_for_training(copy.deepcopy(module.model))
+    hf = to_hf_for_training(copy.deepcopy(module.model)).to(env.device)  # the HF comparator on the bench's device
     clocks = {k: StepClock(env.device) for k in ("harness", "bare", "hf")}
     precision = {"fp32": "32-true", "bf16": "bf16-mixed"}[env.dtype_name]
 

@@ -14,7 +14,7 @@ from gqa_sweep.model.shape import non_embedding_params
 from gqa_sweep.spec import RunSpec
 from gqa_sweep.train.metrics import cache_bound, decode_tokens_per_s, device_name, flops_per_token, precision_dtype
 from gqa_sweep.train.module import LMModule
-from gqa_sweep.train.peak import correct_peak, mfu
+from gqa_sweep.train.peak import correct_peak, measured_peak, mfu
 
 
 def decode_plan(spec: RunSpec, bound_batch: Callable[[int], int] | None = None) -> tuple[int, int, int]:
@@ -53,6 +53,7 @@ def measure(spec: RunSpec, module: LMModule, dm, trainer, summary: dict) -> dict
         "peak_flops": peak.flops,
         "peak_source": peak.source,
         "peak_measured_at": peak.measured_at or None,
+        "peak_flops_measured": measured_peak(device, dtype).flops,  # a GPU's beside its datasheet `peak_flops`
         "kv_dtype": kv_dtype,
         "kv_bytes_per_token": model.cfg.kv_bytes_per_token(elem),
         "decode_tokens_per_s": math.nan,

@@ -122,6 +122,8 @@ def run_line(name: str, run_id: str, row: dict) -> str:
         )
     else:
         parts.append("train tok/s not measured (run shorter than metrics.throughput_warmup + one window)")
+    if row.get("compile_s") is not None and math.isfinite(row["compile_s"]):
+        parts.append(f"compiled in {row['compile_s']:.0f} s (not in tok/s)")
     parts.append(f"{row['decode_tokens_per_s']:,.0f} decode tok/s")
     if row.get("diverged_step") is not None:
         parts.append(f"diverged at step {row['diverged_step']}")

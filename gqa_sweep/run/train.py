@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 from gqa_sweep.data.spec import REPEAT_WARN_EPOCHS
 from gqa_sweep.plan import TOTAL_ENV, RunPlan, eta_line, plan_job, plan_spec
 from gqa_sweep.run.build import build_data, build_module, build_run_dir, seed_and_threads
+from gqa_sweep.run.fit import warn_if_unfit
 from gqa_sweep.run.loggers import build_loggers, finish_wandb
 from gqa_sweep.run.measure import measure
+from gqa_sweep.run.oom import device_total, where_failed
 from gqa_sweep.run.row import Clock, describe_run, failed_row, finished_row, run_line
 from gqa_sweep.run.trainer import build_metrics, build_trainer
 from gqa_sweep.run.weights import initial_weights
@@ -52,6 +54,7 @@ def run_plan(plan: RunPlan) -> dict:
     metrics = build_metrics(spec, dm.vocab_size_actual)
     loggers = build_loggers(spec, run_dir)
     trainer = build_trainer(spec, run_dir, metrics, loggers)
+    warn_if_unfit(module, spec, trainer.strategy.root_device)
     base = describe_run(spec, module, dm, parent_id, clock)
     row = None
     try:
@@ -63,9 +66,10 @@ def run_plan(plan: RunPlan) -> dict:
         return row
     except Exception as e:
         if trainer.is_global_zero:
-            plan.store.write_run(failed_row(base, metrics.summary(trainer.strategy.root_device), e, clock),
-                                 metrics.history)
-            log.error("%s %s failed: %s: %s (recorded in %s)", plan.name, plan.run_id, e.__class__.__name__, e,
+            failed = failed_row(base, metrics.summary(trainer.strategy.root_device), e, clock)
+            failed |= where_failed(failed, metrics.failed_at, e, device_total(trainer.strategy.root_device))
+            plan.store.write_run(failed, metrics.history)
+            log.error("%s %s failed: %s (recorded in %s)", plan.name, plan.run_id, failed["error"].splitlines()[0],
                       plan.store.path)
         raise
     finally:
@@ -106,7 +110,10 @@ def record_run(plan: RunPlan, row: dict, metrics, module, run_dir: Path) -> None
     plan.store.write_run(row, metrics.history, replaces=plan.stored_id)
     (run_dir / "last.ckpt").unlink(missing_ok=True)  # the run is recorded; model.pt keeps the weights
     log.info("%s", run_line(plan.name, plan.run_id, row))
-    if row.get("contended"):
+    if row.get("contended") and row.get("gpu_others"):
+        log.warning("%s shared its GPU with %d other process(es): its throughput is not comparable; rerun it on a "
+                    "free GPU with force=true", plan.name, row["gpu_others"])
+    elif row.get("contended"):
         log.warning("%s was contended (CPU util %.0f %%, load %.1f-%.1f on %d cores): its throughput is not "
                     "comparable; rerun it on a quiet machine with force=true", plan.name, 100 * row["cpu_util"],
                     row["load_start"], row["load_end"], os.cpu_count() or 1)

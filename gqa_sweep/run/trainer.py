@@ -35,7 +35,8 @@ def build_trainer(spec: RunSpec, run_dir: Path, metrics: RunMetrics, loggers: li
     steps = max(1, spec.max_steps)
     callbacks = [
         metrics,
-        *([StepProgress(spec.name, steps, metrics.tokens_per_step)] if show_bar(spec.progress) else []),
+        *([StepProgress(spec.name, steps, metrics.tokens_per_step, metrics.history)] if show_bar(spec.progress)
+          else []),
         ModelCheckpoint(
             dirpath=str(run_dir),
             save_top_k=0,

@@ -122,6 +122,14 @@ RUN_COLUMNS: dict[str, str] = {
     "load_start": "REAL",
     "load_end": "REAL",
     "contended": "INTEGER",
+    # GPU runs (docs/metrics.md): other processes seen on the run's GPU (NULL: CPU run, or NVML / nvidia-smi
+    # could not tell), the compiled run's first step beyond a timed one, the dense-matmul peak measured in the
+    # run's dtype beside the datasheet `peak_flops`, and where a failed run stopped (out of memory included).
+    "gpu_others": "INTEGER",
+    "compile_s": "REAL",
+    "peak_flops_measured": "REAL",
+    "failed_phase": "TEXT",
+    "failed_step": "INTEGER",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from gqa_sweep.store.val_stats import IGNORE
+from gqa_sweep.train.gpu import others_on_gpu
 from gqa_sweep.train.metrics import count_spikes, percentiles
 
 CONTENDED_UTIL = 0.75  # below it a CPU run's threads waited for cores (docs/metrics.md)
@@ -52,6 +53,10 @@ class RunMetrics(L.Callback):
         self._timed_tokens = 0  # tokens that carry a loss target (text: every position; MQAR: the queries)
         self._timed_processed = 0  # every position of every sequence, padding and MQAR's context included
         self._timed_s = 0.0
+        self._timed_steps = 0
+        self._first_step: list[float] = []  # [start] then [start, end] of this fit's first step (compiles)
+        self.gpu_others: int | None = None  # most other processes seen on the run's GPU (None: unknown)
+        self.failed_at: tuple[str | None, int] | None = None  # (stage, optimizer steps done) of an exception
         self._window_t0: float | None = None
         self._window_steps = 0
         self._window_tok_s: list[float] = []  # one value per timed window: its spread shows noisy throughput
@@ -70,10 +75,20 @@ class RunMetrics(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.resumed_from_step = trainer.global_step
         self._window_t0 = None
+        self.compiled = bool(pl_module.hparams.get("compile", False))
+        self._sample_gpu(pl_module)
         # How much of the machine the run had: the 1-minute load and the process's CPU time over the fit.
         self._load_start, self._cpu_t0 = os.getloadavg()[0], (_cpu_seconds(), time.perf_counter())
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not self._first_step:  # one synchronised step: its excess over a timed one is the compile time
+            self._sync(pl_module)
+            self._first_step.append(time.perf_counter())
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if len(self._first_step) == 1:
+            self._sync(pl_module)
+            self._first_step.append(time.perf_counter())
         step = trainer.global_step
         lr = trainer.optimizers[0].param_groups[0]["lr"]
         logit = None
@@ -91,6 +106,7 @@ class RunMetrics(L.Callback):
             return
         self._flush(trainer, pl_module)  # validation time must not count as training time
         self._window_t0 = None
+        self._sample_gpu(pl_module)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.state.fn == "fit" and trainer.global_step >= self.throughput_warmup:
@@ -100,17 +116,31 @@ class RunMetrics(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer, pl_module)
+        self._sample_gpu(pl_module)
         if getattr(self, "_cpu_t0", None) is not None:
             cpu0, t0 = self._cpu_t0
             wall = max(time.perf_counter() - t0, 1e-9)
             self.cpu_util = (_cpu_seconds() - cpu0) / (wall * torch.get_num_threads())
             self.load = (self._load_start, os.getloadavg()[0])
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.failed_at = (trainer.state.stage.value if trainer.state.stage else None, trainer.global_step)
+
+    @staticmethod
+    def _sync(pl_module) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def _sample_gpu(self, pl_module) -> None:
+        """Other processes on the run's GPU, at the fit's start and end and at each validation (not per step)."""
+        others = others_on_gpu(pl_module.device) if pl_module.device.type == "cuda" else None
+        if others is not None:
+            self.gpu_others = max(others, self.gpu_others or 0)
+
     def _flush(self, trainer, pl_module) -> None:
         if not self._pending:
             return
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+        self._sync(pl_module)
         now = time.perf_counter()
         steps = [p[0] for p in self._pending]
         # The throughput window starts after the warm-up steps and after each validation pause.
@@ -121,6 +151,7 @@ class RunMetrics(L.Callback):
             self._timed_tokens += tokens
             self._timed_processed += sum(p[5][1] for p in self._pending) * trainer.world_size
             self._timed_s += dt
+            self._timed_steps += len(self._pending)
             tok_s = tokens / dt
             self._window_tok_s.append(tok_s)
         if steps[-1] >= self.throughput_warmup:
@@ -171,19 +202,35 @@ class RunMetrics(L.Callback):
             "train_tokens_per_s_p90": p90,
             "peak_mem_bytes": int(peak),
             "resumed_from_step": getattr(self, "resumed_from_step", 0) or None,
+            "compile_s": self.compile_s(),
             **self.contention(device),
         }
+
+    def compile_s(self) -> float | None:
+        """A compiled run's first step minus a timed step's mean (compilation, with the first allocations an
+        eager run pays too); NaN when no step was timed; None for an eager run."""
+        if not getattr(self, "compiled", False):
+            return None
+        if len(self._first_step) < 2 or not self._timed_steps:
+            return math.nan
+        return self._first_step[1] - self._first_step[0] - self._timed_s / self._timed_steps
 
     def contention(self, device: torch.device) -> dict:
         """Whether the run had its share of the machine: `cpu_util` = process CPU time / (wall x threads) over
         the fit (a CPU run with its cores reads ~1; other work on the cores pulls it down), and the 1-minute
         load average at the fit's start and end. Contended: cpu_util < 0.75 on a CPU run, or a load above
-        the cores + 1 (more runnable threads than cores). Its throughput is then not comparable."""
+        the cores + 1 (more runnable threads than cores). Its throughput is then not comparable.
+        A GPU run's CPU figures mean nothing for its speed: they are null, and it is contended when another
+        process held its GPU (`gpu_others` > 0; null when NVML / nvidia-smi cannot tell)."""
+        if device.type == "cuda":
+            others = self.gpu_others
+            return {"cpu_util": None, "load_start": None, "load_end": None, "gpu_others": others,
+                    "contended": None if others is None else others > 0}
         util = getattr(self, "cpu_util", math.nan)
         start, end = getattr(self, "load", (math.nan, math.nan))
         cores = os.cpu_count() or 1
         contended = max(start, end) > cores + 1 or (device.type == "cpu" and util < CONTENDED_UTIL)
-        return {"cpu_util": util, "load_start": start, "load_end": end,
+        return {"cpu_util": util, "load_start": start, "load_end": end, "gpu_others": None,
                 "contended": bool(contended) if math.isfinite(util) else None}
 
 
@@ -192,11 +239,14 @@ class StepProgress(L.Callback):
 
     Lightning's own bar counts epochs and batches of an endless sampler (`Epoch 0/-2`); this one counts
     optimizer steps. Off a terminal (CI, logs, parallel jobs) nothing is drawn: the run's one summary
-    line is the record.
+    line is the record. The loss shown is the last one RunMetrics read back (`history`), so drawing the bar
+    never waits for the GPU.
     """
 
-    def __init__(self, name: str, max_steps: int, tokens_per_step: int, refresh_s: float = 0.2) -> None:
+    def __init__(self, name: str, max_steps: int, tokens_per_step: int, history: list[dict],
+                 refresh_s: float = 0.2) -> None:  # fmt: skip
         self.name, self.max_steps, self.tokens_per_step, self.refresh_s = name, max_steps, tokens_per_step, refresh_s
+        self.history = history
         self.bar = None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -213,7 +263,8 @@ class StepProgress(L.Callback):
         if self.bar is None or (now - self._last[1] < self.refresh_s and step < self.max_steps):
             return
         tok_s = (step - self._last[0]) * self.tokens_per_step * trainer.world_size / max(now - self._last[1], 1e-9)
-        self.bar.set_postfix_str(f"loss {pl_module.last_loss.item():.3f}, {tok_s:,.0f} tok/s", refresh=False)
+        loss = f"loss {self.history[-1]['loss']:.3f}, " if self.history else ""
+        self.bar.set_postfix_str(f"{loss}{tok_s:,.0f} tok/s", refresh=False)
         self.bar.update(step - self.bar.n)
         self._last = (step, now)
 

@@ -30,7 +30,9 @@ def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: fl
 def z_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PaLM's z-loss: mean over labelled tokens of log(Z)^2, Z the softmax normaliser (-100 labels skipped, as in
     CE)."""
-    return logits[y != IGNORE].logsumexp(-1).pow(2).mean()
+    # A mask, not logits[y != IGNORE]: a boolean index has a data-dependent shape, a graph break under compile.
+    labelled = (y != IGNORE).to(logits.dtype)
+    return (logits.logsumexp(-1).pow(2) * labelled).sum() / labelled.sum()
 
 
 class LMModule(L.LightningModule):
@@ -51,28 +53,43 @@ class LMModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = DecoderLM(ModelConfig(**model_config))
-        self._forward = torch.compile(self.model) if compile else self.model
+        # The whole training loss (model, fp32 cast, cross-entropy, z-loss) is one compiled graph: the logits'
+        # cast and softmax fuse instead of round-tripping (tokens x vocab) fp32 tensors through memory.
+        # Validation stays eager: a second (no-grad) compile would cost more than its few batches save.
+        self._compiled_losses = None
+        if compile:
+            # Each run compiles afresh, for its own static shapes: compiled code is cached per function, so a
+            # sweep's next shape would otherwise recompile with dynamic shapes (other kernels for some G than
+            # for others), and past torch._dynamo.config.cache_size_limit shapes fall back to eager silently.
+            torch._dynamo.reset()
+            self._compiled_losses = torch.compile(self.losses, dynamic=False)
         self.last_loss: torch.Tensor | None = None
         self.last_grad_norm: torch.Tensor | None = None
         self.val_stats = ValStats(self.model.cfg.block_size)
 
     def flat_logits(self, x: torch.Tensor) -> torch.Tensor:
         """fp32 logits as (tokens, vocab), the loss's layout."""
-        return self._forward(x).float().view(-1, self.model.cfg.vocab_size)
+        return self.model(x).float().view(-1, self.model.cfg.vocab_size)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Next-token cross-entropy (labels of -100 skipped)."""
         return F.cross_entropy(self.flat_logits(x), y.view(-1))
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch[0], batch[1].view(-1)
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, the loss to minimise: CE plus the z-loss term when optim.z_loss > 0). Free of host
+        syncs and graph breaks (tests/test_module.py), so `trainer.compile` turns it into one graph."""
+        y = y.view(-1)
         logits = self.flat_logits(x)
         ce = F.cross_entropy(logits, y)
-        self.last_loss = ce.detach()  # the logged train loss stays comparable across z_loss settings
         if not self.hparams.z_loss:
             # No z term, no logsumexp over the vocabulary: it cost 14 % of a bf16 `small` step (docs/benchmarks.md).
-            return ce
-        return ce + self.hparams.z_loss * z_loss(logits, y)
+            return ce, ce
+        return ce, ce + self.hparams.z_loss * z_loss(logits, y)
+
+    def training_step(self, batch, batch_idx):
+        ce, loss = (self._compiled_losses or self.losses)(batch[0], batch[1])
+        self.last_loss = ce.detach()  # the logged train loss stays comparable across z_loss settings
+        return loss
 
     def on_validation_epoch_start(self) -> None:
         self.val_stats.reset()
@@ -80,7 +97,7 @@ class LMModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         # Batches are (x, y) for text, (x, y, segment) for MQAR, whose y is -100 except at query positions.
         x, y = batch[0], batch[1]
-        logits = self._forward(x).float()
+        logits = self.model(x).float()
         tok_loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="none").view_as(y)
         n_labelled = (y != IGNORE).sum()
         loss = tok_loss.sum() / n_labelled.clamp(min=1)

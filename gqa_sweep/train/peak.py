@@ -1,5 +1,9 @@
 """The device's peak FLOP/s for MFU: the datasheet figure for known GPUs, else a measured dense-matmul peak.
 
+`measured_peak` measures even where a datasheet figure exists: rows (`peak_flops_measured`) and `gqa-bench peak`
+show what a dense matmul reaches on the GPU beside the datasheet MFU is taken against (the usual convention).
+A GPU measurement is "busy" (not cached) when another process held the GPU meanwhile (gqa_sweep/train/gpu.py).
+
 CPUs (and GPUs missing from the datasheet table) have no published figure that holds for one machine, so the
 peak is measured: the best of 10 timed square matmuls per size (1,024², 2,048², 3,072² on CPU), after a warm-up,
 in the run's dtype at the run's thread count. It is cached in `$GQA_SWEEP_CACHE/peak_flops.json` (default
@@ -31,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 
+from gqa_sweep.train.gpu import others_on_gpu
 from gqa_sweep.train.metrics import device_name, peak_flops
 
 CACHE_ENV = "GQA_SWEEP_CACHE"
@@ -65,6 +70,7 @@ class Measurement:
     threads: int = 1
     repeats: int = REPEATS
     load1: float = math.nan  # 1-min load average before (informative: it counts this process's own past work)
+    gpu_others: int | None = None  # GPU: most other processes holding it, before or after (None: unknown / CPU)
     busy: str = ""  # why the machine was busy; "" = quiet, cacheable
     measured_at: str = ""
 
@@ -131,6 +137,8 @@ def busy_reason(m: Measurement, cores: int) -> str:
         reasons.append(f"other processes used {m.others_cpus:.2f} of {cores} cores")
     if m.own_share < OWN_SHARE:
         reasons.append(f"this process got {m.own_share:.0%} of its {m.threads} threads' time")
+    if m.gpu_others:
+        reasons.append(f"{m.gpu_others} other process(es) held the GPU")
     lo, hi = sorted(m.passes)
     if hi > 0 and (hi - lo) / hi > AGREEMENT:
         reasons.append(f"the two halves of the repeats differ by {(hi - lo) / hi:.0%}")
@@ -163,6 +171,7 @@ def measure_peak(device: torch.device | str, dtype: str, sizes: tuple[int, ...] 
             sync()
             guess, calls = 2 * n**3 / (time.perf_counter() - t), calls + 1
         best[n] = 0.0
+    gpu_others = [others_on_gpu(device)] if device.type == "cuda" else []
     sys0, own0, wall0 = (*_cpu_clock(), time.perf_counter())
     for half in (0, 1):
         for n, (a, b) in mats.items():
@@ -174,12 +183,14 @@ def measure_peak(device: torch.device | str, dtype: str, sizes: tuple[int, ...] 
                 best[n] = max(best[n], rate)
                 halves[half] = max(halves[half], rate)
     sys1, own1, wall1 = (*_cpu_clock(), time.perf_counter())
+    gpu_others += [others_on_gpu(device)] if device.type == "cuda" else []
+    known_others = [n for n in gpu_others if n is not None]
     wall = wall1 - wall0
     m = Measurement(
         flops=max(best.values()), passes=(halves[0], halves[1]), by_size=best, threads=threads, repeats=repeats,
         others_cpus=max((sys1 - sys0) - (own1 - own0), 0.0) / wall if device.type == "cpu" else math.nan,
         own_share=(own1 - own0) / (wall * threads) if device.type == "cpu" else math.nan,
-        load1=load1, measured_at=now_iso(),
+        load1=load1, measured_at=now_iso(), gpu_others=max(known_others) if known_others else None,
     )  # fmt: skip
     cores = cpu_info()["cores"] if device.type == "cpu" else 1
     return replace(m, busy=busy_reason(m, cores))
@@ -238,6 +249,12 @@ def resolve_peak(name: str, dtype: str, device_type: str, measure: Callable[[], 
     sheet = peak_flops(name, dtype)
     if math.isfinite(sheet):
         return Peak(sheet, "datasheet", "")
+    return _measured(name, dtype, device_type, measure, cache, remeasure, key)
+
+
+def _measured(name: str, dtype: str, device_type: str, measure: Callable[[], Measurement], cache: Path | None,
+              remeasure: bool = False, key: str | None = None) -> Peak:  # fmt: skip
+    """The cached measurement, else `measure()` (cached when the machine was quiet)."""
     cache = cache or cache_file()
     key = key or cache_key(name, dtype, device_type)
     known = None if remeasure else cached(cache, key)
@@ -266,6 +283,14 @@ def peak_of(device: torch.device | str, dtype: str, remeasure: bool = False,
     name = device_name(device)
     measure = measure or (lambda: measure_peak(device, dtype))
     return resolve_peak(name, dtype, device.type, measure, cache, remeasure)
+
+
+def measured_peak(device: torch.device | str, dtype: str, remeasure: bool = False,
+                  measure: Callable[[], Measurement] | None = None, cache: Path | None = None) -> Peak:  # fmt: skip
+    """The dense-matmul peak measured on `device` in `dtype`, datasheet or not (cached when quiet)."""
+    device = torch.device(device)
+    measure = measure or (lambda: measure_peak(device, dtype))
+    return _measured(device_name(device), dtype, device.type, measure, cache, remeasure)
 
 
 def correct_peak(device: torch.device | str, dtype: str, achieved_flops: float,
