@@ -132,8 +132,9 @@ step peak 30 csv "$R/bench/peak.csv" "bf16 matmul peak measured beside the datas
 if [ "$DRY" = 0 ] && ! "$PY" -c 'import pytest' 2>/dev/null; then
   skip tests "pytest is not installed here (carry its wheel in .whl/)" "tests/test_cuda.py"
 else
-  step tests 120 log "$OUTDIR/logs/tests.log" "tests/test_cuda.py but the two sweeps above (skipped without a GPU)" -- \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py -k "not goes_on and not gpu_honest"
+  step tests 120 log "$OUTDIR/logs/tests.log" "CUDA tests: graph decode = eager, benches on the device, compiled = eager" -- \
+    "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_static_decode.py tests/test_bench_device.py \
+    -k "(graph or cuda) and not goes_on and not gpu_honest"
 fi
 
 [ "$DRY" = 1 ] && exit 0
