@@ -59,6 +59,8 @@ IDENTITY_DEFAULTS = {
     "model.q_lora_rank": None,
     "model.qk_nope_dim": None,
     "model.v_dim": None,
+    "model.parametrization": "sp",
+    "model.mup_base_width": None,
 }
 
 

@@ -185,6 +185,7 @@ class GQAAttention(AttentionBase):
         self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
+        self.scale = cfg.attention_scale  # 1/sqrt(d_head); muP: 1/d_head, equal at the base width (shape.py)
         if cfg.qk_norm:  # one gain vector of d_head shared by all heads, as Qwen3's q_norm / k_norm
             self.q_norm = RMSNorm(D, cfg.norm_eps)
             self.k_norm = RMSNorm(D, cfg.norm_eps)
@@ -211,16 +212,16 @@ class GQAAttention(AttentionBase):
             # each attending to all of its KV head's keys (no mask: one token sees the whole cache).
             q = q.view(B, self.n_kv_heads, self.group_size, self.cfg.d_head)
             with sdpa_context(self.cfg.sdpa_backend):
-                y = F.scaled_dot_product_attention(q, k, v)  # (B, G, H/G, d) = heads in order
+                y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, G, H/G, d) = heads in order
             return self.o_proj(y.reshape(B, 1, -1))
-        y = self.sdpa(q, k, v, causal)
+        y = self.sdpa(q, k, v, causal, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()
     def max_logit(self, x, cos, sin) -> torch.Tensor:
-        """max |q.k| / sqrt(d_head) over heads and causal pairs, with K/V broadcast over each group."""
+        """max |q.k| x the attention scale over heads and causal pairs, with K/V broadcast over each group."""
         q, k, _ = self.qkv(x, cos, sin)
-        return _max_logit(q, k, 1 / math.sqrt(self.cfg.d_head))
+        return _max_logit(q, k, self.scale)
 
 
 Attention = GQAAttention  # the name model.Attention had before the variants

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from gqa_sweep.model.kv_formula import ATTENTIONS, kv_elements_per_layer
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+PARAMETRIZATIONS = ("sp", "mup")  # standard | maximal update (muP: gqa_sweep/model/transformer.py has the rules)
 
 
 def divisors(n: int) -> list[int]:
@@ -52,6 +53,8 @@ class ModelConfig:
     q_lora_rank: int | None = None  # mla: the query's low-rank latent; None: a plain q_proj
     qk_nope_dim: int | None = None  # mla: per-head q/k dims without RoPE; None: d_head
     v_dim: int | None = None  # mla: per-head value dims; None: d_head
+    parametrization: str = "sp"  # sp | mup: muP's init, attention scale and Adam lr rules (model/transformer.py)
+    mup_base_width: int | None = None  # mup: the d_model its hyperparameters are tuned at; None: this d_model
 
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
@@ -89,6 +92,24 @@ class ModelConfig:
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
         self._check_attention()
+        self._check_parametrization()
+
+    def _check_parametrization(self) -> None:
+        p, base = self.parametrization, self.mup_base_width
+        if p not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization={p!r}; choose from {', '.join(PARAMETRIZATIONS)}")
+        if p == "sp" and base is not None:
+            raise ValueError(f"mup_base_width={base} applies to parametrization=mup only; drop it or set "
+                             "parametrization=mup")  # fmt: skip
+        if p == "mup" and self.attention != "gqa":
+            raise ValueError(f"parametrization=mup is implemented for attention=gqa only (attention="
+                             f"{self.attention}); use parametrization=sp or attention=gqa")  # fmt: skip
+        if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base <= 0):
+            raise ValueError(f"mup_base_width={base!r} must be a positive integer (the d_model the lr was tuned at)")
+        if base is not None and self.d_head == self.d_model // self.n_heads and base % (2 * self.n_heads):
+            raise ValueError(f"mup_base_width={base} gives the base model an odd or fractional d_head "
+                             f"(d_head = d_model / n_heads = {base} / {self.n_heads}); choose a multiple of "
+                             f"{2 * self.n_heads}")  # fmt: skip
 
     def _check_attention(self) -> None:
         """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
@@ -167,6 +188,27 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def mup_base(self) -> ModelConfig:
+        """The base model of muP (mup's `set_base_shapes` base): this model at d_model = mup_base_width, with
+        every width-derived size re-derived (d_head = d_model / H when it was derived, else held fixed; the default
+        SwiGLU width, else d_ff scaled by base / d_model). Fan-in ratios to it give each hidden matrix's rule."""
+        base = self.mup_base_width or self.d_model
+        derived_head = self.d_head == self.d_model // self.n_heads
+        default_ff = self.d_ff == ModelConfig(**{**self.to_dict(), "d_ff": None, "mup_base_width": None}).d_ff
+        return ModelConfig(**{**self.to_dict(), "d_model": base, "mup_base_width": None,
+                              "d_head": None if derived_head else self.d_head,
+                              "d_ff": None if default_ff else max(1, round(self.d_ff * base / self.d_model))})
+
+    @property
+    def attention_scale(self) -> float:
+        """The attention logits' multiplier: 1/sqrt(d_head) (sp); muP's 1/d_head, times sqrt(d_head at the base
+        width), so that it equals sp's at the base width (Tensor Programs V, Sec. 6: q.k grows like d_head once
+        q and k are correlated by training, not like sqrt(d_head))."""
+        if self.parametrization == "sp":
+            return 1 / math.sqrt(self.d_head)
+        return math.sqrt(self.mup_base.d_head) / self.d_head
 
 
 MLA_KNOBS = ("rope_dim", "kv_lora_rank", "q_lora_rank", "qk_nope_dim", "v_dim")

@@ -68,6 +68,7 @@ def describe_run(cfg: DictConfig, plan: RunPlan, module: LMModule, dm, parent_id
         "precision": str(cfg.trainer.precision),
         "sdpa_backend": cfg.model.sdpa_backend,
         "qk_norm": bool(cfg.model.qk_norm),
+        "parametrization": m.parametrization,
         "z_loss": float(cfg.optim.z_loss),
         "init": "scratch" if cfg.init.method == "scratch" else f"mha_{cfg.init.method}",
         "alpha": cfg.init.alpha,

@@ -117,6 +117,8 @@ RUN_COLUMNS: dict[str, str] = {
     "load_start": "REAL",
     "load_end": "REAL",
     "contended": "INTEGER",
+    # sp | mup (model.parametrization, docs/mup.md); NULL in rows stored before it existed, which are all sp.
+    "parametrization": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

@@ -101,11 +101,16 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama practice).
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
+        # Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama practice). One group per (lr multiplier,
+        # decay): muP's hidden matrices train at lr / m_in with decay x m_in (DecoderLM.lr_multipliers); under sp
+        # there are two groups, the decayed one first (its lr is the one logged).
+        multipliers = self.model.lr_multipliers()
+        groups: dict[tuple[float, float], list] = {}
+        for name, p in self.model.named_parameters():
+            mult = multipliers[name]
+            groups.setdefault((mult, hp.weight_decay / mult if p.dim() >= 2 else 0.0), []).append(p)
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": ps, "lr": hp.lr * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()],
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
