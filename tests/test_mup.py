@@ -44,14 +44,15 @@ def test_lr_multipliers_weight_decay_and_init_std_agree_with_mup(G: int) -> None
         assert name == ref_name
         assert mults[name] == pytest.approx(lr[id(q)], rel=1e-12), name
         assert ours.fan_in_mult(name) * 0.1 == pytest.approx(wd[id(q)], rel=1e-12), name  # MuAdamW: decay x m_in
-        if name.endswith("norm.weight") or name == "lm_head.weight":
-            continue
+        if name.endswith(("norm.weight", "q_proj.weight")) or name == "lm_head.weight":
+            continue  # gains; the zero-init query and readout, asserted below
         depth = 1 / math.sqrt(2 * SHAPE["n_layers"]) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
         mup.init.normal_(q, std=0.02 * depth)
         assert p.std().item() == pytest.approx(q.std().item(), rel=0.06), name  # >= 12K entries each
         hidden += q.infshape.ninf() == 2
-    assert hidden == 7 * SHAPE["n_layers"]  # q, k, v, o, gate, up, down: K/V are hidden at G = 1 as at G = H
+    assert hidden == 6 * SHAPE["n_layers"]  # k, v, o, gate, up, down (and q): K/V are hidden at G = 1 as at G = H
     assert (ours.lm_head.weight == 0).all() and (ref.lm_head.weight == 0).all()
+    assert all((block.attn.q_proj.weight == 0).all() for block in ours.layers)  # mup's query_zero_init
     assert ours.output_mult == pytest.approx(1 / ref.lm_head.width_mult())
 
 
@@ -68,13 +69,16 @@ def test_the_rules_by_hand() -> None:
     assert sp.cfg.attention_scale == 1 / 8
 
 
-def test_mup_at_the_base_width_is_sp_but_for_the_zero_readout() -> None:
-    """Tied embeddings (no zero readout): at the base width muP is exactly sp, the same logits from the same seed."""
+def test_mup_at_the_base_width_computes_sp() -> None:
+    """At the base width muP's forward is sp's (attention scale 1/sqrt(d_head), no output multiplier): the same
+    weights give the same logits; its init differs from sp only by the zero query (and an untied readout)."""
     x = torch.randint(0, SHAPE["vocab_size"], (2, 16))
     torch.manual_seed(3)
     sp = DecoderLM(cfg(64, 2, tie_embeddings=True))
-    torch.manual_seed(3)
     mup = DecoderLM(cfg(64, 2, tie_embeddings=True, parametrization="mup", mup_base_width=64))
+    assert mup.output_mult == 1.0 and mup.cfg.attention_scale == sp.cfg.attention_scale
+    assert all((b.attn.q_proj.weight == 0).all() for b in mup.layers) and mup.embed.weight.abs().sum() > 0
+    mup.load_state_dict(sp.state_dict())
     assert torch.equal(sp(x), mup(x))
     torch.manual_seed(3)
     wide = DecoderLM(cfg(128, 2, tie_embeddings=True, parametrization="mup", mup_base_width=64))
@@ -87,6 +91,9 @@ def test_attention_uses_the_mup_scale() -> None:
     """A layer's output equals softmax(q.k * sqrt(d_base) / d_head) v by hand (not sp's 1 / sqrt(d_head))."""
     torch.manual_seed(0)
     model = DecoderLM(cfg(128, 2, parametrization="mup", mup_base_width=32)).eval()  # d_head 32, base 8
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn.q_proj.weight.normal_(0, 0.2)  # a trained, non-zero query: the scale shows
     attn = model.layers[0].attn
     x = torch.randn(1, 16, 128)
     cos, sin = model._rope(0, 16)

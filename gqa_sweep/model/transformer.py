@@ -20,9 +20,11 @@ m_in = fan-in / the base's fan-in:
         untied: zero init (mup's readout_zero_init, the muP paper's choice); tied: it is the embedding (init std
         init_std, MuSharedReadout), so only the multiplier differs.
     attention logits   x sqrt(d_head of the base) / d_head instead of 1 / sqrt(d_head) (cfg.attention_scale): the
-        same value at the base width, 1 / d_head as heads widen.
+        same value at the base width, 1 / d_head as heads widen. The query projection is zero-initialised (the
+        muP paper's GPT-3 recipe, mup's query_zero_init): at init q.k is uncorrelated, ~ sqrt(d_head), so under
+        1 / d_head its logits would still shrink with width; with q = 0 every width starts from uniform attention.
 
-At the base width every rule is sp's except the zero-init readout. GPT-2's depth scaling of o_proj / down_proj
+At the base width every rule is sp's except the zero-init readout and query. GPT-2's depth scaling of o_proj / down_proj
 (std / sqrt(2 n_layers)) applies under both: it is about depth, not width.
 """
 
@@ -86,8 +88,8 @@ class DecoderLM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
-            elif mup and name == "lm_head.weight":  # untied readout (a tied one is named embed.weight)
-                nn.init.zeros_(p)
+            elif mup and (name == "lm_head.weight" or name.endswith("q_proj.weight")):
+                nn.init.zeros_(p)  # untied readout (a tied one is named embed.weight) and the query: see the top
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 # GPT-2 scaling: residual branches shrink with depth so the stream's variance stays put.
                 nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers * self.fan_in_mult(name)))

@@ -33,6 +33,18 @@ def z_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits[y != IGNORE].logsumexp(-1).pow(2).mean()
 
 
+def param_groups(model: DecoderLM, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW's groups: one per (lr, decay). Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama
+    practice). muP's hidden matrices train at lr / m_in with decay x m_in (DecoderLM.lr_multipliers: MuAdamW's
+    rule); under sp there are two groups, the decayed one first (group 0's lr is the one logged)."""
+    multipliers = model.lr_multipliers()
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        mult = multipliers[name]
+        groups.setdefault((mult, weight_decay / mult if p.dim() >= 2 else 0.0), []).append(p)
+    return [{"params": ps, "lr": lr * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()]
+
+
 class LMModule(L.LightningModule):
     def __init__(
         self,
@@ -101,16 +113,8 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama practice). One group per (lr multiplier,
-        # decay): muP's hidden matrices train at lr / m_in with decay x m_in (DecoderLM.lr_multipliers); under sp
-        # there are two groups, the decayed one first (its lr is the one logged).
-        multipliers = self.model.lr_multipliers()
-        groups: dict[tuple[float, float], list] = {}
-        for name, p in self.model.named_parameters():
-            mult = multipliers[name]
-            groups.setdefault((mult, hp.weight_decay / mult if p.dim() >= 2 else 0.0), []).append(p)
         opt = torch.optim.AdamW(
-            [{"params": ps, "lr": hp.lr * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()],
+            param_groups(self.model, hp.lr, hp.weight_decay),
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
