@@ -235,6 +235,18 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     return cfg.n_layers * per_layer_fixed + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
 
 
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token, nanoGPT/PaLM convention: 6*N + 12*L*H*d_head*T.
+
+    N excludes the token-embedding table (a lookup). The attention term counts the H query heads,
+    so it is the same for every G; fewer KV heads only shrink N through k_proj and v_proj. For MLA the
+    head sizes are its own: 6*L*H*(d_nope + d_R + d_v)*T.
+    """
+    # q.k and p.v per head: 6 * (d_qk + d_v) = 12 * d_head, except MLA (trained expanded: d_nope + d_R, d_v).
+    dims = cfg.qk_nope_dim + cfg.rope_dim + cfg.v_dim if cfg.attention == "mla" else 2 * cfg.d_head
+    return 6 * non_embedding_params(cfg) + 6 * cfg.n_layers * cfg.n_heads * dims * seq_len
+
+
 def matched_d_ff(cfg: ModelConfig) -> int:
     """The d_ff giving `cfg` the non-embedding parameter count of its G=H (MHA) twin, as Llama 2 and Shazeer
     widen the FFN of GQA/MQA models (and the GLA paper every GTA / MLA model: the twin is plain MHA). Rounded
