@@ -61,6 +61,7 @@ IDENTITY_DEFAULTS = {
     "model.v_dim": None,
     "model.parametrization": "sp",
     "model.mup_base_width": None,
+    "model.mup_base_d_head": None,
 }
 
 

@@ -153,3 +153,16 @@ def test_a_mup_model_refuses_the_hf_export() -> None:
 
     with pytest.raises(ValueError, match="muP model .* cannot be exported"):
         hf_config(cfg(64, 1, parametrization="mup"))
+
+
+def test_a_ladder_holding_d_head_names_its_base_d_head() -> None:
+    """The ladder holds H = 4 heads of d_head 16 while d_model grows; at d_model 64 that d_head equals d_model / H,
+    which the run id cannot tell from the default, so the base d_head is said explicitly."""
+    with pytest.raises(ValueError, match="hold d_head fixed across widths with mup_base_d_head=16"):
+        cfg(64, 1, d_head=16, parametrization="mup", mup_base_width=20)
+    model = DecoderLM(cfg(64, 1, d_head=16, parametrization="mup", mup_base_width=20, mup_base_d_head=16))
+    assert model.cfg.attention_scale == 1 / 4  # d_head does not grow: sp's scale
+    mults = model.lr_multipliers()
+    assert mults["layers.0.attn.o_proj.weight"] == 1 and mults["layers.0.attn.k_proj.weight"] == 20 / 64
+    with pytest.raises(ValueError, match="mup_base_d_head=16 must be a positive even integer and needs"):
+        cfg(64, 1, mup_base_d_head=16)

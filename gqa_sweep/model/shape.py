@@ -55,6 +55,7 @@ class ModelConfig:
     v_dim: int | None = None  # mla: per-head value dims; None: d_head
     parametrization: str = "sp"  # sp | mup: muP's init, attention scale and Adam lr rules (model/transformer.py)
     mup_base_width: int | None = None  # mup: the d_model its hyperparameters are tuned at; None: this d_model
+    mup_base_d_head: int | None = None  # mup: d_head at the base width; None: base width / H if d_head = d_model / H
 
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
@@ -106,10 +107,16 @@ class ModelConfig:
                              f"{self.attention}); use parametrization=sp or attention=gqa")  # fmt: skip
         if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base <= 0):
             raise ValueError(f"mup_base_width={base!r} must be a positive integer (the d_model the lr was tuned at)")
-        if base is not None and self.d_head == self.d_model // self.n_heads and base % (2 * self.n_heads):
+        base_head = self.mup_base_d_head
+        if base_head is not None and (p == "sp" or not isinstance(base_head, int) or base_head <= 0 or base_head % 2):
+            raise ValueError(f"mup_base_d_head={base_head!r} must be a positive even integer and needs "
+                             "parametrization=mup; drop it or fix it")  # fmt: skip
+        if base_head is None and base is not None and self.d_head == self.d_model // self.n_heads and (
+                base % (2 * self.n_heads)):
             raise ValueError(f"mup_base_width={base} gives the base model an odd or fractional d_head "
                              f"(d_head = d_model / n_heads = {base} / {self.n_heads}); choose a multiple of "
-                             f"{2 * self.n_heads}")  # fmt: skip
+                             f"{2 * self.n_heads}, or hold d_head fixed across widths with mup_base_d_head="
+                             f"{self.d_head}")  # fmt: skip
 
     def _check_attention(self) -> None:
         """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
@@ -192,13 +199,15 @@ class ModelConfig:
     @property
     def mup_base(self) -> ModelConfig:
         """The base model of muP (mup's `set_base_shapes` base): this model at d_model = mup_base_width, with
-        every width-derived size re-derived (d_head = d_model / H when it was derived, else held fixed; the default
-        SwiGLU width, else d_ff scaled by base / d_model). Fan-in ratios to it give each hidden matrix's rule."""
+        every width-derived size re-derived: d_head = mup_base_d_head if set, else base / H when d_head = d_model /
+        H (the default, which the run id does not tell from an explicit equal value), else held fixed; the default
+        SwiGLU width, else d_ff scaled by base / d_model. Fan-in ratios to it give each hidden matrix's rule."""
         base = self.mup_base_width or self.d_model
-        derived_head = self.d_head == self.d_model // self.n_heads
-        default_ff = self.d_ff == ModelConfig(**{**self.to_dict(), "d_ff": None, "mup_base_width": None}).d_ff
-        return ModelConfig(**{**self.to_dict(), "d_model": base, "mup_base_width": None,
-                              "d_head": None if derived_head else self.d_head,
+        derived_head = self.mup_base_d_head is None and self.d_head == self.d_model // self.n_heads
+        default_ff = self.d_ff == ModelConfig(**{**self.to_dict(), "d_ff": None, "mup_base_width": None,
+                                                 "mup_base_d_head": None}).d_ff
+        return ModelConfig(**{**self.to_dict(), "d_model": base, "mup_base_width": None, "mup_base_d_head": None,
+                              "d_head": None if derived_head else self.mup_base_d_head or self.d_head,
                               "d_ff": None if default_ff else max(1, round(self.d_ff * base / self.d_model))})
 
     @property
