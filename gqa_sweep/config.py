@@ -48,6 +48,9 @@ IDENTITY_DEFAULTS = {
     "model.q_lora_rank": None,
     "model.qk_nope_dim": None,
     "model.v_dim": None,
+    "model.parametrization": "sp",
+    "model.mup_base_width": None,
+    "model.mup_base_d_head": None,
 }
 
 
@@ -113,6 +116,10 @@ def run_name(cfg: dict) -> str:
         name = f"H{m['n_heads']}-G{G}-s{cfg['seed']}" + ("-gta" if attention == "gta" else "")
     if m.get("d_head") is not None:  # a head size other than d_model / H
         name += f"-dh{m['d_head']}"
+    if str(m.get("name", "")).startswith("ladder-"):  # a ladder's sizes share H, G and d_head: H4-G1-s0-dh16-ladder-s3
+        name += f"-{m['name']}"
+    if m.get("parametrization", "sp") != "sp":
+        name += f"-{m['parametrization']}"
     if m.get("qk_norm"):
         name += "-qknorm"
     if m.get("param_match", "none") != "none":

@@ -88,3 +88,14 @@ def test_the_spec_loads_no_torch() -> None:
     code = "import sys, gqa_sweep.spec, gqa_sweep.plan; print([m for m in ('torch', 'lightning') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_run_names_tell_ladder_sizes_and_parametrizations_apart(tmp_path) -> None:
+    sizes = ("s1", "s2", "s3", "s4", "s5")
+    names = [spec(tmp_path, "experiment=ladder", f"ladder={s}", "model.n_kv_heads=1", "data=shakespeare").name
+             for s in sizes]
+    assert len(set(names)) == 5 and all(n.startswith("H4-G1-s0") and n.endswith(f"-ladder-{s}")
+                                        for n, s in zip(names, sizes))
+    mup = spec(tmp_path, "model.n_kv_heads=2", "model.parametrization=mup", "model.mup_base_width=64")
+    sp = spec(tmp_path, "model.n_kv_heads=2")
+    assert (sp.name, mup.name) == ("H8-G2-s0", "H8-G2-s0-mup") and sp.run_id != mup.run_id

@@ -6,6 +6,7 @@
     gqa-bench train     [--model tiny|small|gpt2-124m --batch B --seq T --steps N]
     gqa-bench startup   [--repeats N --out DIR]  (start-up time of gqa-sweep's bad-input path and --help)
     gqa-bench peak      [--remeasure --dtypes fp32 bf16 --threads N --out DIR]  (the peak FLOP/s behind MFU)
+    gqa-bench coord     [--widths 64 .. 1024 --steps 4 --lr 0.003 --seeds 3 --out DIR]  (muP's coordinate check)
     common: [--quick] [--out DIR] [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--repeats N] [--warmup N]
             [--profile]  (also write a torch.profiler table of the top ops of each implementation)
 
@@ -191,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         from gqa_sweep.bench.peak import main as peak_main
 
         return peak_main(argv[1:])
+    if argv[:1] == ["coord"]:  # activations vs width, sp and mup: no timing
+        from gqa_sweep.bench.coord import main as coord_main
+
+        return coord_main(argv[1:])
     a = build_parser().parse_args(argv)
     try:
         a = resolve(a)

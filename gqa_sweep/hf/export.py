@@ -74,6 +74,9 @@ def hf_config(cfg: ModelConfig) -> LlamaConfig | Qwen3Config:
     if cfg.attention == "gta":
         raise ValueError("a GTA model (attention=gta) cannot be exported: transformers has no grouped-tied attention "
                          "class; keep it as a gqa-sweep model.pt")  # fmt: skip
+    if cfg.parametrization == "mup":  # its logit multiplier and 1/d_head attention scale have no HF config field
+        raise ValueError("a muP model (parametrization=mup) cannot be exported: HF Llama has no output multiplier "
+                         "or attention scale; keep it as a gqa-sweep model.pt")  # fmt: skip
     if cfg.attention == "mla":
         return _deepseek_config(cfg)
     if not cfg.uniform:

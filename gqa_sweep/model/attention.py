@@ -77,10 +77,10 @@ class AttentionBase(nn.Module):
         """
         B = q.shape[0]
         if mask is None and not self.folds(q):
-            return self.sdpa(q, k, v, causal=False).transpose(1, 2).reshape(B, 1, -1)
+            return self.sdpa(q, k, v, causal=False, scale=self.scale).transpose(1, 2).reshape(B, 1, -1)
         q = q.view(B, self.n_kv_heads, self.group_size, q.shape[-1])
         with sdpa_context(self.cfg.sdpa_backend):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, 1, -1)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale).reshape(B, 1, -1)
 
     def sdpa(self, q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
         """The training / prefill call: grouped over K/V heads, fp32 on the CPU for half inputs (see above)."""
@@ -116,6 +116,7 @@ class GQAAttention(AttentionBase):
         self.k_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.v_proj = nn.Linear(cfg.d_model, G * D, bias=False)
         self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
+        self.scale = cfg.attention_scale  # 1/sqrt(d_head); muP: 1/d_head, equal at the base width (shape.py)
         if cfg.qk_norm:  # one gain vector of d_head shared by all heads, as Qwen3's q_norm / k_norm
             self.q_norm = RMSNorm(D, cfg.norm_eps)
             self.k_norm = RMSNorm(D, cfg.norm_eps)
@@ -139,14 +140,14 @@ class GQAAttention(AttentionBase):
             k, v = cache.append(layer, k, v)
         if T == 1:
             return self.o_proj(self.attend_one(q, k, v, None if cache is None else cache.mask))
-        y = self.sdpa(q, k, v, causal)
+        y = self.sdpa(q, k, v, causal, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()
     def max_logit(self, x, cos, sin) -> torch.Tensor:
-        """max |q.k| / sqrt(d_head) over heads and causal pairs, with K/V broadcast over each group."""
+        """max |q.k| x the attention scale over heads and causal pairs, with K/V broadcast over each group."""
         q, k, _ = self.qkv(x, cos, sin)
-        return _max_logit(q, k, 1 / math.sqrt(self.cfg.d_head))
+        return _max_logit(q, k, self.scale)
 
 
 Attention = GQAAttention  # the name model.Attention had before the variants
@@ -164,6 +165,7 @@ class GTAAttention(AttentionBase):
         self.kv_proj = nn.Linear(cfg.d_model, G * D, bias=False)  # the tied state
         self.k_rope_proj = nn.Linear(cfg.d_model, cfg.rope_dim, bias=False)  # one head, broadcast to all
         self.o_proj = nn.Linear(H * D, cfg.d_model, bias=False)
+        self.scale = cfg.attention_scale  # 1/sqrt(d_head): muP is refused for GTA (shape.py)
 
     def project(self, x, cos, sin):
         """q (B, H, T, d_head) with RoPE on its last d_R dims; tied (B, G, T, d_head); k_R (B, 1, T, d_R)."""
@@ -189,13 +191,13 @@ class GTAAttention(AttentionBase):
             # GQA's step with the tied state as V. Building K and calling SDPA measured as fast or faster on the CPU
             # than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
             return self.o_proj(self.attend_one(q, k, tied, None if cache is None else cache.mask))
-        y = self.sdpa(q, k, tied, causal)
+        y = self.sdpa(q, k, tied, causal, scale=self.scale)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
     @torch.no_grad()
     def max_logit(self, x, cos, sin) -> torch.Tensor:
         q, tied, k_rope = self.project(x, cos, sin)
-        return _max_logit(q, self.keys(tied, k_rope), 1 / math.sqrt(self.cfg.d_head))
+        return _max_logit(q, self.keys(tied, k_rope), self.scale)
 
 
 class MLAAttention(AttentionBase):

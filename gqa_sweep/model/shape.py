@@ -16,6 +16,7 @@ from gqa_sweep.model.kv_formula import (
 
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 DECODE_MODES = ("auto", "eager", "graph")  # gqa_sweep/model/decode.py: auto = graph on CUDA, eager elsewhere
+PARAMETRIZATIONS = ("sp", "mup")  # standard | maximal update (muP: gqa_sweep/model/transformer.py has the rules)
 
 
 def _check_kv_heads(G, H: int, layer: int | None = None) -> None:
@@ -54,6 +55,9 @@ class ModelConfig:
     q_lora_rank: int | None = None  # mla: the query's low-rank latent; None: a plain q_proj
     qk_nope_dim: int | None = None  # mla: per-head q/k dims without RoPE; None: d_head
     v_dim: int | None = None  # mla: per-head value dims; None: d_head
+    parametrization: str = "sp"  # sp | mup: muP's init, attention scale and Adam lr rules (model/transformer.py)
+    mup_base_width: int | None = None  # mup: the d_model its hyperparameters are tuned at; None: this d_model
+    mup_base_d_head: int | None = None  # mup: d_head at the base width; None: base width / H if d_head = d_model / H
 
     def __post_init__(self) -> None:
         H, G = self.n_heads, self.n_kv_heads
@@ -93,6 +97,30 @@ class ModelConfig:
         if self.sdpa_backend not in SDPA_BACKENDS:
             raise ValueError(f"sdpa_backend={self.sdpa_backend!r}; choose from {', '.join(SDPA_BACKENDS)}")
         self._check_attention()
+        self._check_parametrization()
+
+    def _check_parametrization(self) -> None:
+        p, base = self.parametrization, self.mup_base_width
+        if p not in PARAMETRIZATIONS:
+            raise ValueError(f"parametrization={p!r}; choose from {', '.join(PARAMETRIZATIONS)}")
+        if p == "sp" and base is not None:
+            raise ValueError(f"mup_base_width={base} applies to parametrization=mup only; drop it or set "
+                             "parametrization=mup")  # fmt: skip
+        if p == "mup" and self.attention != "gqa":
+            raise ValueError(f"parametrization=mup is implemented for attention=gqa only (attention="
+                             f"{self.attention}); use parametrization=sp or attention=gqa")  # fmt: skip
+        if base is not None and (not isinstance(base, int) or isinstance(base, bool) or base <= 0):
+            raise ValueError(f"mup_base_width={base!r} must be a positive integer (the d_model the lr was tuned at)")
+        base_head = self.mup_base_d_head
+        if base_head is not None and (p == "sp" or not isinstance(base_head, int) or base_head <= 0 or base_head % 2):
+            raise ValueError(f"mup_base_d_head={base_head!r} must be a positive even integer and needs "
+                             "parametrization=mup; drop it or fix it")  # fmt: skip
+        if base_head is None and base is not None and self.d_head == self.d_model // self.n_heads and (
+                base % (2 * self.n_heads)):
+            raise ValueError(f"mup_base_width={base} gives the base model an odd or fractional d_head "
+                             f"(d_head = d_model / n_heads = {base} / {self.n_heads}); choose a multiple of "
+                             f"{2 * self.n_heads}, or hold d_head fixed across widths with mup_base_d_head="
+                             f"{self.d_head}")  # fmt: skip
 
     def _check_attention(self) -> None:
         """The variant's knobs: only its own may be set; defaults filled in (d_R = d_head / 2, d_c = 4 d_head)."""
@@ -170,6 +198,29 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def mup_base(self) -> ModelConfig:
+        """The base model of muP (mup's `set_base_shapes` base): this model at d_model = mup_base_width, with
+        every width-derived size re-derived: d_head = mup_base_d_head if set, else base / H when d_head = d_model /
+        H (the default, which the run id does not tell from an explicit equal value), else held fixed; the default
+        SwiGLU width, else d_ff scaled by base / d_model. Fan-in ratios to it give each hidden matrix's rule."""
+        base = self.mup_base_width or self.d_model
+        derived_head = self.mup_base_d_head is None and self.d_head == self.d_model // self.n_heads
+        default_ff = self.d_ff == ModelConfig(**{**self.to_dict(), "d_ff": None, "mup_base_width": None,
+                                                 "mup_base_d_head": None}).d_ff
+        return ModelConfig(**{**self.to_dict(), "d_model": base, "mup_base_width": None, "mup_base_d_head": None,
+                              "d_head": None if derived_head else self.mup_base_d_head or self.d_head,
+                              "d_ff": None if default_ff else max(1, round(self.d_ff * base / self.d_model))})
+
+    @property
+    def attention_scale(self) -> float:
+        """The attention logits' multiplier: 1/sqrt(d_head) (sp); muP's 1/d_head, times sqrt(d_head at the base
+        width), so that it equals sp's at the base width (Tensor Programs V, Sec. 6: q.k grows like d_head once
+        q and k are correlated by training, not like sqrt(d_head))."""
+        if self.parametrization == "sp":
+            return 1 / math.sqrt(self.d_head)
+        return math.sqrt(self.mup_base.d_head) / self.d_head
+
 
 MLA_NORM_EPS = 1e-6  # DeepseekV3's two latent RMSNorms hard-code it; ours match, so the export is exact
 PARAM_MATCH = ("none", "ffn")
@@ -184,6 +235,18 @@ def non_embedding_params(cfg: ModelConfig) -> int:
     norms_and_mlp = cfg.n_layers * (2 * d + 3 * d * cfg.d_ff)  # two norms + SwiGLU per layer
     attn = sum(attention_type(cfg.attention).layer_params(cfg, G) for G in cfg.kv_heads_per_layer)
     return norms_and_mlp + attn + d + cfg.vocab_size * d  # + final norm + lm_head (tied or not)
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token, nanoGPT/PaLM convention: 6*N + 12*L*H*d_head*T.
+
+    N excludes the token-embedding table (a lookup). The attention term counts the H query heads,
+    so it is the same for every G; fewer KV heads only shrink N through k_proj and v_proj. For MLA the
+    head sizes are its own: 6*L*H*(d_nope + d_R + d_v)*T.
+    """
+    # q.k and p.v per head: 6 * (d_qk + d_v) = 12 * d_head, except MLA (trained expanded: d_nope + d_R, d_v).
+    dims = cfg.qk_nope_dim + cfg.rope_dim + cfg.v_dim if cfg.attention == "mla" else 2 * cfg.d_head
+    return 6 * non_embedding_params(cfg) + 6 * cfg.n_layers * cfg.n_heads * dims * seq_len
 
 
 def matched_d_ff(cfg: ModelConfig) -> int:

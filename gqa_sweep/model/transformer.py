@@ -6,6 +6,26 @@ to `transformers.LlamaForCausalLM` with identical logits), grouped-tied (GTA) or
 to `DeepseekV3ForCausalLM`). Grouping is done by `scaled_dot_product_attention(..., enable_gqa=True)` in
 training and prefill, and by folding each group's query heads into the query axis for a single-token decode
 step (`fold_decode`): K/V are never repeated to H heads.
+
+`model.parametrization=mup` applies the maximal update parametrization (Yang et al. 2022, "Tensor Programs V"),
+with microsoft/mup 1.0.0's rules for Adam, so that the lr tuned at d_model = `mup_base_width` stays the best lr as
+the model widens. Widths are compared with the base model `cfg.mup_base` (this model at the base width), and
+m_in = fan-in / the base's fan-in:
+
+    hidden matrices: q, k, v, o, gate, up, down   init std = init_std / sqrt(m_in); Adam lr x 1 / m_in; AdamW's
+        weight decay x m_in (lr x decay stays the base's, as MuAdamW). K and V are hidden matrices whatever G is:
+        their fan-in is d_model, their (G x d_head) fan-out does not enter the rule.
+    input embedding, RMSNorm gains (one width axis)   sp's init (std init_std; ones) and sp's lr.
+    readout (lm_head)   logits x 1 / m, m = d_model / mup_base_width (MuReadout's output multiplier), sp's lr;
+        untied: zero init (mup's readout_zero_init, the muP paper's choice); tied: it is the embedding (init std
+        init_std, MuSharedReadout), so only the multiplier differs.
+    attention logits   x sqrt(d_head of the base) / d_head instead of 1 / sqrt(d_head) (cfg.attention_scale): the
+        same value at the base width, 1 / d_head as heads widen. The query projection is zero-initialised (the
+        muP paper's GPT-3 recipe, mup's query_zero_init): at init q.k is uncorrelated, ~ sqrt(d_head), so under
+        1 / d_head its logits would still shrink with width; with q = 0 every width starts from uniform attention.
+
+At the base width every rule is sp's except the zero-init readout and query. GPT-2's depth scaling of o_proj / down_proj
+(std / sqrt(2 n_layers)) applies under both: it is about depth, not width.
 """
 
 from __future__ import annotations
@@ -53,6 +73,8 @@ class DecoderLM(nn.Module):
         self.layers = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # muP's readout multiplier 1 / m (1 under sp); applied to the logits, so the weights stay plain Llama's
+        self.output_mult = 1.0 if cfg.parametrization == "sp" else cfg.mup_base.d_model / cfg.d_model
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_tables(cfg)
@@ -62,14 +84,34 @@ class DecoderLM(nn.Module):
 
     def reset_parameters(self) -> None:
         std = self.cfg.init_std
+        mup = self.cfg.parametrization == "mup"
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 nn.init.ones_(p)
+            elif mup and (name == "lm_head.weight" or name.endswith("q_proj.weight")):
+                nn.init.zeros_(p)  # untied readout (a tied one is named embed.weight) and the query: see the top
             elif name.endswith(("o_proj.weight", "down_proj.weight")):
                 # GPT-2 scaling: residual branches shrink with depth so the stream's variance stays put.
-                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers))
+                nn.init.normal_(p, std=std / math.sqrt(2 * self.cfg.n_layers * self.fan_in_mult(name)))
             else:
-                nn.init.normal_(p, std=std)
+                nn.init.normal_(p, std=std / math.sqrt(self.fan_in_mult(name)))
+
+    def fan_in_mult(self, name: str) -> float:
+        """muP's m_in of a parameter: its fan-in over the base model's for a hidden matrix, else 1 (sp: 1)."""
+        cfg = self.cfg
+        if cfg.parametrization == "sp" or not name.endswith("_proj.weight"):
+            return 1.0
+        base = cfg.mup_base
+        if name.endswith("o_proj.weight"):  # fan-in H x d_head
+            return cfg.d_head / base.d_head
+        if name.endswith("down_proj.weight"):
+            return cfg.d_ff / base.d_ff
+        return cfg.d_model / base.d_model  # q, k, v (any G), gate, up
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Adam's per-parameter lr multiplier (muP: 1 / m_in for hidden matrices; sp: all 1), by parameter name
+        (named_parameters: a tied readout appears once, as embed.weight)."""
+        return {name: 1 / self.fan_in_mult(name) for name, _ in self.named_parameters()}
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count; `non_embedding` drops the token-embedding table (a lookup, not a matmul)."""
@@ -104,11 +146,12 @@ class DecoderLM(nn.Module):
             x = block(x, cos, sin, cache, i)
         if cache is not None:
             cache.advance(T)
-        return self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x))
+        return logits if self.output_mult == 1.0 else logits * self.output_mult
 
     @torch.no_grad()
     def max_attn_logit(self, idx: torch.Tensor) -> float:
-        """Largest |q.k|/sqrt(d_head) over all layers and heads on `idx` (attention-logit growth)."""
+        """Largest |q.k| x the attention scale (sp: 1/sqrt(d_head)) over all layers and heads on `idx`."""
         T = idx.shape[1]
         self._check_length(T)
         cos, sin = self._rope(0, T)

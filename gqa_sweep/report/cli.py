@@ -3,6 +3,7 @@
     gqa-report RESULTS_DIR [--sweep NAME] [--format md|latex|csv|all] [--out DIR] [--plots]
     gqa-report --wandb ENTITY/PROJECT [...]
     gqa-report RESULTS_DIR --scaling [--sweep ladder] [--draws 1000] [--plots]   scaling laws per G (ladder)
+    gqa-report RESULTS_DIR --transfer [--sweep mup_transfer] [--plots]   lr transfer across width, sp vs mup
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling", action="store_true",
                    help="scaling laws per G from a size ladder (experiment=ladder; default --sweep ladder): fit, "
                         "held-out largest size, extrapolation to 100M/1B/7B")
+    p.add_argument("--transfer", action="store_true",
+                   help="best lr per (width, G) and its drift across width, sp vs mup (experiment=mup_transfer)")
     p.add_argument("--draws", type=int, default=1000, help="bootstrap refits for --scaling intervals (default 1000)")
     return p
 
@@ -104,6 +107,10 @@ def _one_group(args: argparse.Namespace, runs, all_runs, out: Path) -> list[Path
     formats = FORMATS if args.format == "all" else [args.format]
     if args.scaling:
         return _scaling_report(runs, out, formats, args.plots, args.draws)
+    if args.transfer:
+        from gqa_sweep.report.transfer import transfer_report
+
+        return transfer_report(runs, out, formats, args.plots)
     tables = build_tables(runs, all_runs)
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
     written = write_tables(tables, out, formats)

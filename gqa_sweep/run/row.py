@@ -66,6 +66,7 @@ def describe_run(spec: RunSpec, module: LMModule, dm, parent_id: str | None, clo
         "precision": spec.trainer.precision,
         "sdpa_backend": m.sdpa_backend,
         "qk_norm": bool(m.qk_norm),
+        "parametrization": m.parametrization,
         "z_loss": float(spec.optim.get("z_loss", 0.0)),
         "init": spec.init.label,
         "alpha": spec.init.alpha,

@@ -130,6 +130,8 @@ RUN_COLUMNS: dict[str, str] = {
     "peak_flops_measured": "REAL",
     "failed_phase": "TEXT",
     "failed_step": "INTEGER",
+    # sp | mup (model.parametrization, docs/mup.md); NULL in rows stored before it existed, which are all sp.
+    "parametrization": "TEXT",
 }
 HISTORY_COLUMNS = ("step", "loss", "grad_norm", "lr", "tokens_per_s", "max_attn_logit")
 

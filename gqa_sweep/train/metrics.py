@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from gqa_sweep.model.decode import StaticDecoder, resolve_mode
-from gqa_sweep.model.shape import MLA_KNOBS, ModelConfig, non_embedding_params
+from gqa_sweep.model.shape import MLA_KNOBS, ModelConfig, non_embedding_params, train_flops_per_token
 from gqa_sweep.model.transformer import DecoderLM
 
 # Dense peak FLOP/s per device (vendor datasheets, no sparsity). Keys are substrings of
@@ -64,16 +64,8 @@ def peak_flops(name: str, dtype: str) -> float:
 
 
 def flops_per_token(model: DecoderLM, seq_len: int) -> float:
-    """Training FLOPs per token, nanoGPT/PaLM convention: 6*N + 12*L*H*d_head*T.
-
-    N excludes the token-embedding table (a lookup). The attention term counts the H query heads,
-    so it is the same for every G; fewer KV heads only shrink N through k_proj and v_proj. For MLA the
-    head sizes are its own: 6*L*H*(d_nope + d_R + d_v)*T.
-    """
-    cfg = model.cfg
-    # q.k and p.v per head: 6 * (d_qk + d_v) = 12 * d_head, except MLA (trained expanded: d_nope + d_R, d_v).
-    dims = cfg.qk_nope_dim + cfg.rope_dim + cfg.v_dim if cfg.attention == "mla" else 2 * cfg.d_head
-    return 6 * model.num_params(non_embedding=True) + 6 * cfg.n_layers * cfg.n_heads * dims * seq_len
+    """Training FLOPs per token: gqa_sweep.model.shape.train_flops_per_token (6*N + 12*L*H*d_head*T)."""
+    return train_flops_per_token(model.cfg, seq_len)
 
 
 def count_spikes(values: list[float], window: int, k: float) -> float:

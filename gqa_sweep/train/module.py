@@ -35,6 +35,18 @@ def z_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.logsumexp(-1).pow(2) * labelled).sum() / labelled.sum()
 
 
+def param_groups(model: DecoderLM, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW's groups: one per (lr, decay). Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama
+    practice). muP's hidden matrices train at lr / m_in with decay x m_in (DecoderLM.lr_multipliers: MuAdamW's
+    rule); under sp there are two groups, the decayed one first (group 0's lr is the one logged)."""
+    multipliers = model.lr_multipliers()
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        mult = multipliers[name]
+        groups.setdefault((mult, weight_decay / mult if p.dim() >= 2 else 0.0), []).append(p)
+    return [{"params": ps, "lr": lr * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()]
+
+
 class LMModule(L.LightningModule):
     def __init__(
         self,
@@ -118,11 +130,8 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama practice).
-        decay = [p for p in self.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            param_groups(self.model, hp.lr, hp.weight_decay),
             lr=hp.lr,
             betas=tuple(hp.betas),
             eps=hp.eps,
