@@ -87,6 +87,10 @@ def _report(args: argparse.Namespace) -> list[Path]:
         print(f"gqa-report: note: pooling {len(sweeps)} sweeps ({', '.join(sweeps)}); pick one with --sweep NAME",
               file=sys.stderr)
     out = args.out or (Path(args.results_dir) / "report" if args.results_dir else Path("report"))
+    if args.transfer:  # compares parametrizations and widths by design: its table keeps them apart itself
+        from gqa_sweep.report.transfer import transfer_report
+
+        return transfer_report(runs, out, FORMATS if args.format == "all" else [args.format], args.plots)
     groups = split(runs)
     if len(groups) == 1:
         return _one_group(args, runs, all_runs, out)
@@ -107,10 +111,6 @@ def _one_group(args: argparse.Namespace, runs, all_runs, out: Path) -> list[Path
     formats = FORMATS if args.format == "all" else [args.format]
     if args.scaling:
         return _scaling_report(runs, out, formats, args.plots, args.draws)
-    if args.transfer:
-        from gqa_sweep.report.transfer import transfer_report
-
-        return transfer_report(runs, out, formats, args.plots)
     tables = build_tables(runs, all_runs)
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
     written = write_tables(tables, out, formats)
