@@ -106,7 +106,7 @@ def train_fns(a: argparse.Namespace, env: Env, G: int, loader) -> tuple[dict, di
                   clocks["bare"])  # fmt: skip
 
     # The same AdamW groups and schedule as LMModule.configure_optimizers, built over the HF parameters.
-    hf_opt = SimpleNamespace(parameters=hf.parameters, hparams=module.hparams, device=env.device)
+    hf_opt = SimpleNamespace(model=hf, parameters=hf.parameters, hparams=module.hparams, device=env.device)
 
     def hf_round():
         bare_loop(hf, lambda x: hf(input_ids=x).logits, LMModule.configure_optimizers(hf_opt),

@@ -39,10 +39,11 @@ def param_groups(model: DecoderLM, lr: float, weight_decay: float) -> list[dict]
     """AdamW's groups: one per (lr, decay). Decay matrices only; norms' gains stay un-decayed (nanoGPT / Llama
     practice). muP's hidden matrices train at lr / m_in with decay x m_in (DecoderLM.lr_multipliers: MuAdamW's
     rule); under sp there are two groups, the decayed one first (group 0's lr is the one logged)."""
-    multipliers = model.lr_multipliers()
+    # An HF comparator (gqa-bench train) is a standard-parametrization model: every multiplier is 1.
+    multipliers = model.lr_multipliers() if hasattr(model, "lr_multipliers") else {}
     groups: dict[tuple[float, float], list] = {}
     for name, p in model.named_parameters():
-        mult = multipliers[name]
+        mult = multipliers.get(name, 1.0)
         groups.setdefault((mult, weight_decay / mult if p.dim() >= 2 else 0.0), []).append(p)
     return [{"params": ps, "lr": lr * mult, "weight_decay": wd} for (mult, wd), ps in groups.items()]
 
