@@ -11,6 +11,7 @@ arithmetic-intensity model of decode attention (arXiv 2505.21487, Table 1: FLOPs
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
@@ -35,7 +36,7 @@ def variant_config(a: argparse.Namespace, attention: str, G: int, block: int) ->
     knobs = {"rope_dim": getattr(a, "rope_dim", None)} if attention != "gqa" else {}
     if attention == "mla":
         knobs["kv_lora_rank"] = getattr(a, "kv_lora_rank", None)
-    return ModelConfig(**{**model_config(a, G, block).to_dict(), "attention": attention, **knobs})
+    return replace(model_config(a, G, block), attention=attention, **knobs)
 
 
 def cases(a: argparse.Namespace) -> list[tuple[str, int | None]]:

@@ -49,14 +49,14 @@ def sdpa_context(backend: str):
 class AttentionBase(nn.Module):
     # Single-token decode folds each group's H/G query heads into the query-length axis, so SDPA reads each
     # KV head once instead of once per query head (CPU enable_gqa does the latter: decode time then grows
-    # with H, not G). None = fold on CPU only, where it was measured to help (docs/benchmarks.md); on CUDA it
-    # is unmeasured (no GPU was lent), so SDPA's own grouping is kept there. True/False force it either way
-    # (`gqa-bench decode` times both). GTA folds alike; MLA always decodes absorbed (H query rows, one latent head).
+    # with H, not G). None = fold on CPU only, where it helps (docs/benchmarks.md); on CUDA SDPA's own grouping
+    # is kept until a GPU measurement says otherwise. True/False force it either way (`gqa-bench decode` times
+    # both). GTA folds alike; MLA always decodes absorbed (H query rows, one latent head).
     fold_decode: bool | None = None
-    # The CPU's bf16 SDPA kernel (torch 2.13), forward + backward, is 1.7x (d_head 64) to 4.2x (d_head 16)
-    # slower than the same call in fp32 with the casts around it (docs/benchmarks.md), so on the CPU the
-    # training / prefill call runs in fp32 (exact in fp32, then rounded once); fp16 is treated alike, unmeasured.
-    # Single-token decode keeps the half kernel: upcasting copies the cache each step (1.3-5.3x slower at 1k-4k).
+    # The CPU's bf16 SDPA kernel, forward + backward, is slower than the same call in fp32 with the casts around
+    # it (docs/benchmarks.md), so on the CPU the training / prefill call runs in fp32 (exact in fp32, then rounded
+    # once); fp16 is treated alike. Single-token decode keeps the half kernel: upcasting would copy the cache
+    # every step.
     # None = CPU only; True/False force it.
     fp32_attention: bool | None = None
 

@@ -206,11 +206,10 @@ class ModelConfig:
         SwiGLU width, else d_ff scaled by base / d_model. Fan-in ratios to it give each hidden matrix's rule."""
         base = self.mup_base_width or self.d_model
         derived_head = self.mup_base_d_head is None and self.d_head == self.d_model // self.n_heads
-        default_ff = self.d_ff == ModelConfig(**{**self.to_dict(), "d_ff": None, "mup_base_width": None,
-                                                 "mup_base_d_head": None}).d_ff
-        return ModelConfig(**{**self.to_dict(), "d_model": base, "mup_base_width": None, "mup_base_d_head": None,
-                              "d_head": None if derived_head else self.mup_base_d_head or self.d_head,
-                              "d_ff": None if default_ff else max(1, round(self.d_ff * base / self.d_model))})
+        default_ff = self.d_ff == replace(self, d_ff=None, mup_base_width=None, mup_base_d_head=None).d_ff
+        return replace(self, d_model=base, mup_base_width=None, mup_base_d_head=None,
+                       d_head=None if derived_head else self.mup_base_d_head or self.d_head,
+                       d_ff=None if default_ff else max(1, round(self.d_ff * base / self.d_model)))
 
     @property
     def attention_scale(self) -> float:
