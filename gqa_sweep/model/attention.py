@@ -82,6 +82,14 @@ class AttentionBase(nn.Module):
         with sdpa_context(self.cfg.sdpa_backend):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale).reshape(B, 1, -1)
 
+    def attend(self, q, k, v, causal: bool, cache: Cache | None) -> torch.Tensor:
+        """GQA's and GTA's attention over G heads of K/V, through o_proj: the single-token step or grouped SDPA."""
+        B, _, T, _ = q.shape
+        if T == 1:
+            return self.o_proj(self.attend_one(q, k, v, None if cache is None else cache.mask))
+        y = self.sdpa(q, k, v, causal, scale=self.scale)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
     def sdpa(self, q, k, v, causal: bool, scale: float | None = None) -> torch.Tensor:
         """The training / prefill call: grouped over K/V heads, fp32 on the CPU for half inputs (see above)."""
         with sdpa_context(self.cfg.sdpa_backend):
@@ -133,15 +141,12 @@ class GQAAttention(AttentionBase):
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, _ = x.shape
+        T = x.shape[1]
         q, k, v = self.qkv(x, cos, sin)
         causal = _causal(T, cache)
         if cache is not None:
             k, v = cache.append(layer, k, v)
-        if T == 1:
-            return self.o_proj(self.attend_one(q, k, v, None if cache is None else cache.mask))
-        y = self.sdpa(q, k, v, causal, scale=self.scale)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.attend(q, k, v, causal, cache)
 
     @torch.no_grad()
     def max_logit(self, x, cos, sin) -> torch.Tensor:
@@ -181,18 +186,15 @@ class GTAAttention(AttentionBase):
         return torch.cat((tied[..., : self.d_nope], k_rope.expand(-1, tied.shape[1], -1, -1)), dim=-1)
 
     def forward(self, x, cos, sin, cache: TiedCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, _ = x.shape
+        T = x.shape[1]
         q, tied, k_rope = self.project(x, cos, sin)
         causal = _causal(T, cache)
         if cache is not None:
             tied, k_rope = cache.append(layer, tied, k_rope)
         k = self.keys(tied, k_rope)  # G heads (a copy of the cache's unrotated part + k_R), never H
-        if T == 1:
-            # GQA's step with the tied state as V. Building K and calling SDPA measured as fast or faster on the CPU
-            # than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
-            return self.o_proj(self.attend_one(q, k, tied, None if cache is None else cache.mask))
-        y = self.sdpa(q, k, tied, causal, scale=self.scale)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+        # GQA's attention with the tied state as V. Building K and calling SDPA measured as fast or faster on the
+        # CPU than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
+        return self.attend(q, k, tied, causal, cache)
 
     @torch.no_grad()
     def max_logit(self, x, cos, sin) -> torch.Tensor:
