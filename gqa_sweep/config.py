@@ -163,8 +163,14 @@ def validate(cfg: dict) -> None:
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: {e}") from None
     lr = cfg["optim"]["lr"]
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"optim.lr={lr} must be a finite positive number, e.g. optim.lr=3e-3")
+    if lr == "transfer":  # resolved by the planner from a stored grid (gqa_sweep/scaling/lr_transfer.py)
+        if m.get("parametrization", "sp") != "mup" or not m.get("mup_base_width"):
+            raise ConfigError("optim.lr=transfer takes the best lr of a grid at muP's base width: it needs "
+                              "model.parametrization=mup and model.mup_base_width (under sp the best lr moves with "
+                              "width: docs/mup.md); or give a number, e.g. optim.lr=3e-3")  # fmt: skip
+    elif not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"optim.lr={lr} must be a finite positive number (or `transfer` under muP), "
+                          "e.g. optim.lr=3e-3")  # fmt: skip
     z = cfg["optim"].get("z_loss", 0.0)
     if not isinstance(z, (int, float)) or not math.isfinite(z) or z < 0:
         raise ConfigError(f"optim.z_loss={z} must be a finite number >= 0 (0 turns it off), e.g. optim.z_loss=1e-4")

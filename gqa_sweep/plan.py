@@ -21,6 +21,7 @@ from gqa_sweep.config import ConfigError, normalised, run_id_of, validate
 from gqa_sweep.data.common import DataError
 from gqa_sweep.data.spec import CORPUS_ORDER, check_data
 from gqa_sweep.model.shape import non_embedding_params
+from gqa_sweep.scaling.lr_transfer import TRANSFER, transferred_lr
 from gqa_sweep.spec import RunSpec, build_spec, max_steps_of, resolved
 from gqa_sweep.store.results import ResultsStore, StoreError
 from gqa_sweep.train.precision import resolve_precision
@@ -81,7 +82,7 @@ def check_inputs(config: dict) -> None:
 def planned_config(config: dict) -> tuple[dict, str]:
     """The run's computation as plain data: `trainer.precision=auto` resolved for this device, a corpus's batch
     order version added (data.spec.CORPUS_ORDER); and why `auto` fell back to fp32 ("" if it did not).
-    build_spec normalises it; its hash is the run id."""
+    build_spec normalises it; its hash is the run id. `optim.lr=transfer` is resolved by lr_note."""
     config = copy.deepcopy(config)
     trainer = config["trainer"]
     trainer["precision"], why = resolve_precision(trainer["precision"], trainer.get("accelerator", "cpu"))
@@ -90,12 +91,21 @@ def planned_config(config: dict) -> tuple[dict, str]:
     return config, why
 
 
+def lr_note(config: dict) -> str:
+    """`optim.lr=transfer` replaced, in place, by its grid's best lr (scaling/lr_transfer.py); where it came from."""
+    if config["optim"]["lr"] != TRANSFER:
+        return ""
+    config["optim"]["lr"], note = transferred_lr(config, to_absolute_path(str(config["results_dir"])))
+    return note
+
+
 def spec_of(cfg: DictConfig) -> RunSpec:
     """Check a job's config and build its spec: the one place Hydra's config is read."""
     config = resolved(cfg)
     check_inputs(config)
     planned, why = planned_config(config)
-    return build_spec(planned, precision_note=why)
+    note = lr_note(planned)
+    return build_spec(planned, precision_note=why, lr_note=note)
 
 
 def stored_identity(config_json: str | None, precision: str | None) -> str | None:

@@ -103,6 +103,7 @@ class RunSpec:
     logger: Mapping[str, Any]
     progress: str
     computation: Mapping[str, Any]  # the normalised config: its hash is run_id, and the row stores it
+    lr_note: str = ""  # where `optim.lr=transfer` took its lr from ("" for an lr given as a number)
 
     def model_at(self, vocab_size: int) -> ModelConfig:
         """The model at the vocabulary its data produced (a char tokenizer's depends on the corpus)."""
@@ -131,7 +132,7 @@ class RunSpec:
         return build_spec(config, self.trainer.precision_note)
 
 
-def build_spec(config: dict, precision_note: str = "") -> RunSpec:
+def build_spec(config: dict, precision_note: str = "", lr_note: str = "") -> RunSpec:
     """The spec of a resolved, checked config whose `trainer.precision` is already resolved for its device
     (gqa_sweep.plan.planned_config). Settings that change nothing are normalised first (config.normalised),
     so two spellings of one computation get one spec and one id."""
@@ -174,6 +175,7 @@ def build_spec(config: dict, precision_note: str = "") -> RunSpec:
         logger=frozen(c["logger"]),
         progress=str(c.get("progress", "auto")),
         computation=frozen(computation),
+        lr_note=lr_note,
     )
 
 

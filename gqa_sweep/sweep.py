@@ -111,6 +111,7 @@ def print_preview(plans: list[RunPlan]) -> None:
             "#": i,
             "run": p.name,
             "run_id": p.run_id,
+            "lr": f"{p.spec.optim['lr']:g}",
             "in store": (p.status or "—") + (f" (as {p.stored_id})" if p.status and p.stored_id != p.run_id else ""),
             "action": f"same as #{p.same_as}" if p.same_as else "skip" if p.skip
             else ("rerun (force)" if p.status else "train"),
@@ -121,6 +122,8 @@ def print_preview(plans: list[RunPlan]) -> None:
     dirs = ", ".join(dict.fromkeys(p.results_dir for p in plans))
     print(f"== preview: {len(plans)} jobs, {n_run} to train, {len(plans) - n_run} already done; store: {dirs} ==")
     print(pd.DataFrame(rows).to_markdown(index=False, stralign="right", disable_numparse=True))
+    for note in dict.fromkeys(p.spec.lr_note for p in plans if p.spec.lr_note):
+        print(note)
     print("(nothing was run; drop preview=true to run)")
 
 

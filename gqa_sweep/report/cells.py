@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from gqa_sweep.report.load import DASH
-
-
-def loss_init(cell: pd.DataFrame) -> float:
-    """Loss of a uniform predictor, ln V: what a diverged or failed run counts as."""
-    v = cell.vocab_size.median()
-    return math.log(v) if v > 0 else math.nan
-
-
-def loss_by_lr(cell: pd.DataFrame) -> pd.Series:
-    """Final val loss per lr, mean over seeds, with diverged/failed runs counted as ln V."""
-    per_run = cell.val_loss.where(cell.status == "completed", loss_init(cell))
-    return per_run.groupby(cell.lr).mean().sort_index()
+from gqa_sweep.scaling.lr_transfer import loss_by_lr, loss_init  # noqa: F401 (loss_init: the report's tables)
 
 
 def best_lr_runs(cell: pd.DataFrame) -> pd.DataFrame:

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gqa_sweep.report.annotate import errorbar, n_note
-from gqa_sweep.report.cells import num
+from gqa_sweep.report.cells import loss_init, num
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {
@@ -72,12 +72,6 @@ def _stability_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if df.groupby(keys, observed=True).lr.nunique().max() <= 1 or df.mitigation.nunique() <= 1:
         return df.iloc[:0]  # one mitigation: the plain lr_sensitivity table already says it all
     return df
-
-
-def loss_init(cell: pd.DataFrame) -> float:
-    """Loss of a uniform predictor, ln V (the loss at initialisation)."""
-    v = cell.vocab_size.median()
-    return math.log(v) if v > 0 else math.nan
 
 
 def _capped_loss(cell: pd.DataFrame) -> pd.Series:

@@ -85,6 +85,8 @@ def announce_run(plan: RunPlan) -> None:
         where = f" {HydraConfig.get().job.num + 1}/{os.environ[TOTAL_ENV]}"
     log.info("run%s: %s (%s), %d steps -> %s", where, plan.name, plan.run_id, plan.spec.max_steps,
              plan.results_dir)
+    if plan.spec.lr_note:
+        log.info("optim.lr=transfer: %s", plan.spec.lr_note)
     if plan.spec.trainer.precision_note:
         log.info("trainer.precision=auto: %s: training in fp32 (32-true)", plan.spec.trainer.precision_note)
 
