@@ -28,6 +28,7 @@ IDENTITY_EXCLUDE = (
     "sweep",
     "data.cache_dir",
     "data.num_workers",
+    "data.allow_repeats",
     "trainer.enable_progress_bar",
     "trainer.log_every_n_steps",
     "trainer.num_threads",
@@ -86,6 +87,11 @@ def normalised(cfg: dict) -> dict:
 def run_id_of(cfg: dict) -> str:
     """A hash of the run's computation: its resolved, normalised config minus output, logging and sweep
     labels. The same computation, the same id, whichever sweep asks for it."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def identity(cfg: dict) -> dict:
+    """What run_id_of hashes: the config minus IDENTITY_EXCLUDE, with later keys at their default dropped."""
     ident = copy.deepcopy(cfg)
     for key, default in IDENTITY_DEFAULTS.items():  # a key added later, at its default: the id it had before
         *parents, leaf = key.split(".")
@@ -100,7 +106,7 @@ def run_id_of(cfg: dict) -> str:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return ident
 
 
 def run_name(cfg: dict) -> str:

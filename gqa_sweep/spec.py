@@ -103,6 +103,7 @@ class RunSpec:
     logger: Mapping[str, Any]
     progress: str
     computation: Mapping[str, Any]  # the normalised config: its hash is run_id, and the row stores it
+    allow_repeats: bool = False  # data.allow_repeats: a size ladder may read its corpus more than once
     lr_note: str = ""  # where `optim.lr=transfer` took its lr from ("" for an lr given as a number)
 
     def model_at(self, vocab_size: int) -> ModelConfig:
@@ -143,6 +144,7 @@ def build_spec(config: dict, precision_note: str = "", lr_note: str = "") -> Run
         raise ValueError("build_spec needs trainer.precision resolved for the device (gqa_sweep.plan.planned_config)")
     data = dict(c["data"])
     data.pop("order", None)  # the batch order's version: part of the id, fixed by this code
+    allow_repeats = bool(data.pop("allow_repeats", False))  # a check's switch, not the data's
     for key in ("path", "cache_dir"):
         if key in data:
             data[key] = absolute(data[key])
@@ -175,6 +177,7 @@ def build_spec(config: dict, precision_note: str = "", lr_note: str = "") -> Run
         logger=frozen(c["logger"]),
         progress=str(c.get("progress", "auto")),
         computation=frozen(computation),
+        allow_repeats=allow_repeats,
         lr_note=lr_note,
     )
 

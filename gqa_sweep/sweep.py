@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from gqa_sweep.config import ConfigError
 from gqa_sweep.model.shape import divisors
 from gqa_sweep.plan import RunPlan, plan_spec, spec_of, store_index
+from gqa_sweep.preview import check_ladder_corpus, print_preview
 from gqa_sweep.spec import data_key
 from gqa_sweep.store.results import ResultsStore, load_runs
 
@@ -83,14 +84,16 @@ def log_reused_to_wandb(plan: RunPlan) -> None:
 
 
 def prepare_data(plans: list[RunPlan]) -> None:
-    """Tokenize each distinct dataset of the jobs to run once, into the shared cache the jobs then load."""
+    """Tokenize each distinct dataset of the jobs to run once, into the shared cache the jobs then load; a size
+    ladder whose corpus is smaller than its largest size's tokens is refused before any run (preview.py)."""
     from gqa_sweep.run.build import build_data  # heavy (torch): only once every job is known to be good
 
     prepared = set()
     for p in plans:
         key = data_key(p.spec)
         if key not in prepared:
-            build_data(p.spec)
+            dm = build_data(p.spec)
+            check_ladder_corpus([q for q in plans if data_key(q.spec) == key], getattr(dm, "train_tokens", None))
             prepared.add(key)
 
 
@@ -100,31 +103,6 @@ def print_skips(plans: list[RunPlan]) -> None:
             print(f"skip {p.name} ({p.run_id}): the same computation as job {p.same_as} of this sweep")
         elif p.skip:
             print(f"skip {p.name} ({p.stored_id}): already {p.status} in {p.results_dir}; force=true reruns it")
-
-
-def print_preview(plans: list[RunPlan]) -> None:
-    """`preview=true`: the jobs, their ids and what a real sweep would do with each; nothing is run."""
-    import pandas as pd
-
-    rows = [
-        {
-            "#": i,
-            "run": p.name,
-            "run_id": p.run_id,
-            "lr": f"{p.spec.optim['lr']:g}",
-            "in store": (p.status or "—") + (f" (as {p.stored_id})" if p.status and p.stored_id != p.run_id else ""),
-            "action": f"same as #{p.same_as}" if p.same_as else "skip" if p.skip
-            else ("rerun (force)" if p.status else "train"),
-        }
-        for i, p in enumerate(plans, 1)
-    ]
-    n_run = sum(not p.skip for p in plans)
-    dirs = ", ".join(dict.fromkeys(p.results_dir for p in plans))
-    print(f"== preview: {len(plans)} jobs, {n_run} to train, {len(plans) - n_run} already done; store: {dirs} ==")
-    print(pd.DataFrame(rows).to_markdown(index=False, stralign="right", disable_numparse=True))
-    for note in dict.fromkeys(p.spec.lr_note for p in plans if p.spec.lr_note):
-        print(note)
-    print("(nothing was run; drop preview=true to run)")
 
 
 def print_summary(jobs: list[RunPlan]) -> None:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    from gqa_sweep.data.prepare import prepare
+    from gqa_sweep.data.prepare import prepare, split_counts
     from gqa_sweep.data.progress import Progress
     from gqa_sweep.data.spec import check_data
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     meta = json.loads((Path(out) / "meta.json").read_text())
-    n = {s: sum(x["tokens"] for x in meta["shards"][s]) for s in ("train", "val")}
+    n = split_counts(out)
     print(json.dumps({"dir": str(out), "cache_hit": bool(hit and hit[0]), "train_tokens": n["train"],
                       "val_tokens": n["val"], "documents": meta["documents"], "vocab_size": meta["vocab_size"],
                       "shards": sum(len(v) for v in meta["shards"].values())}))

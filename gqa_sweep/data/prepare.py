@@ -269,6 +269,31 @@ def prefetch(it, depth: int = 2):
         yield x
 
 
+def split_counts(out: Path) -> dict[str, int]:
+    """Tokens per split ({"train": ..., "val": ...}) of a finished prepare, from its meta.json."""
+    meta = json.loads((Path(out) / "meta.json").read_text())
+    return {s: sum(x["tokens"] for x in meta["shards"][s]) for s in ("train", "val")}
+
+
+def prepared_counts(d: dict) -> dict[str, int] | None:
+    """Tokens per split of data config `d` if they are known without reading text: its shards are in the
+    cache, or it is token files (read in place); None otherwise (a hub dataset is never looked up here)."""
+    if d.get("source") == "tokens":  # sizes from headers and file lengths: no id is read
+        from gqa_sweep.data.tokens import token_files
+
+        p = Path(os.path.expanduser(str(d["path"])))
+        if p.is_dir() and (p / "meta.json").is_file():
+            return split_counts(p)
+        infos = [inspect(f, d.get("dtype")) for f in token_files(str(d["path"]))]
+        return {s: sum(i.n_tokens for i in infos if ("val" in i.path.name) == (s == "val")) for s in ("train", "val")}
+    if d.get("source") not in ("text", "shakespeare"):
+        return None
+    source = make_source(d)
+    settings = tokenizer_settings(d, delimiter_on(d, source.structured))
+    out = Path(os.path.expanduser(d.get("cache_dir", "~/.cache/gqa-sweep"))) / cache_key(d, source, settings)
+    return split_counts(out) if (out / "meta.json").exists() else None
+
+
 def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
     """Shards for data config `d` (cached): the directory holding meta.json, tokenizer.json and the shards.
 

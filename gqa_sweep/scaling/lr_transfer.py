@@ -21,7 +21,7 @@ import os
 
 import pandas as pd
 
-from gqa_sweep.config import ConfigError
+from gqa_sweep.config import ConfigError, identity
 from gqa_sweep.scaling.ladder import best_lr
 from gqa_sweep.store.results import load_runs
 
@@ -47,12 +47,14 @@ def _path(p: object) -> object:
 
 
 def _key(config: dict) -> str:
-    """What a grid run shares with the job: everything but the model's size, lr, warm-up and steps."""
+    """What a grid run shares with the job: its identity (config.identity) but the model's size, lr, warm-up
+    and steps."""
+    config = identity(config)
     m = config["model"]
     model = {k: m.get(k) for k in ("parametrization", "mup_base_width", "mup_base_d_head", "n_heads", "attention")}
     model["d_head"] = m.get("d_head") or m["d_model"] // m["n_heads"]
     model["n_kv_heads"] = m["n_kv_heads"][0] if isinstance(m["n_kv_heads"], list) else m["n_kv_heads"]
-    data = {**config["data"], "path": _path(config["data"].get("path"))}
+    data = {**config["data"], "path": _path(config["data"].get("path"))}  # cache_dir, allow_repeats: not in it
     optim = {k: v for k, v in config["optim"].items() if k not in OPTIM_FREE}
     precision = config["trainer"].get("precision")
     return json.dumps([model, data, optim, precision], sort_keys=True, default=str)
