@@ -92,10 +92,16 @@ def planned_config(config: dict) -> tuple[dict, str]:
 
 
 def lr_note(config: dict) -> str:
-    """`optim.lr=transfer` replaced, in place, by its grid's best lr (scaling/lr_transfer.py); where it came from."""
+    """`optim.lr=transfer` replaced, in place, by its grid's best lr (scaling/lr_transfer.py); where it came from.
+    A preview shows a job whose grid is not there yet (the note says what to run) instead of refusing it."""
     if config["optim"]["lr"] != TRANSFER:
         return ""
-    config["optim"]["lr"], note = transferred_lr(config, to_absolute_path(str(config["results_dir"])))
+    try:
+        config["optim"]["lr"], note = transferred_lr(config, to_absolute_path(str(config["results_dir"])))
+    except ConfigError as e:
+        if not config.get("preview"):
+            raise
+        return f"(not trainable yet) {e}"
     return note
 
 

@@ -11,7 +11,10 @@ smoke corpus (data=ladder_local) through.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from gqa_sweep.config import ConfigError
 from gqa_sweep.model.shape import non_embedding_params, train_flops_per_token
@@ -50,29 +53,41 @@ def size_costs(plans: list[RunPlan]) -> list[SizeCost]:
     return [SizeCost(k, *v) for k, v in sizes.items()]
 
 
-def measured_flops_per_s(spec: RunSpec) -> tuple[float | None, str]:
-    """Median model FLOP/s of the store's completed, uncontended runs on this kind of device and precision."""
+def measured_runs(spec: RunSpec):
+    """The store's completed, uncontended runs on this kind of device and precision, with a model FLOP/s."""
     runs = load_runs(spec.results_dir)
     if runs.empty:
-        return None, "no completed run in the store yet"
+        return runs
     cpu = spec.trainer.accelerator not in ("gpu", "cuda")
-    done = runs[(runs.status == "completed") & runs.model_flops_per_s.notna() & (runs.contended != 1)
+    return runs[(runs.status == "completed") & runs.model_flops_per_s.notna() & (runs.contended != 1)
                 & (runs.precision == spec.trainer.precision)
                 & (runs.device.fillna("").str.startswith("CPU") == cpu)]  # fmt: skip
-    if done.empty:
-        return None, f"no completed, uncontended {spec.trainer.precision} run on this kind of device in the store"
-    devices = ", ".join(sorted(set(done.device.astype(str))))
-    return float(done.model_flops_per_s.median()), f"median of {len(done)} runs in the store ({devices})"
+
+
+def est_seconds(flops: float, flops_per_token: float, runs) -> float | None:
+    """FLOPs / the median model FLOP/s of the stored runs nearest this size in FLOPs per token (small models
+    reach a smaller share of the machine's peak, so one median for every size would be wrong)."""
+    if runs.empty:
+        return None
+    distance = (np.log(runs.flops_per_token.astype(float)) - math.log(flops_per_token)).abs().round(6)
+    return flops / float(runs[distance == distance.min()].model_flops_per_s.median())
 
 
 def size_table(plans: list[RunPlan]) -> str:
     import pandas as pd
 
-    flops_per_s, source = measured_flops_per_s(plans[0].spec)
-    rows = [{"model": s.model, "N": f"{s.n_params:,}", "tokens": f"{s.tokens:,}", "FLOPs": f"{s.flops:.3g}",
-             "est. time per run": duration(s.flops / flops_per_s) if flops_per_s else "—", "runs to train": s.runs}
-            for s in size_costs(plans)]  # fmt: skip
-    note = f"est. time = FLOPs / {flops_per_s:.3g} FLOP/s, {source}" if flops_per_s else f"est. time: {source}"
+    runs, precision = measured_runs(plans[0].spec), plans[0].spec.trainer.precision
+    rows = []
+    for s in size_costs(plans):
+        t = est_seconds(s.flops, s.flops / s.tokens, runs)
+        rows.append({"model": s.model, "N": f"{s.n_params:,}", "tokens": f"{s.tokens:,}", "FLOPs": f"{s.flops:.3g}",
+                     "est. time per run": "—" if t is None else duration(t), "runs to train": s.runs})  # fmt: skip
+    if len(runs):
+        devices = ", ".join(sorted(set(runs.device.astype(str))))
+        note = (f"est. time = FLOPs / the median model FLOP/s of the stored runs nearest in FLOPs per token "
+                f"({len(runs)} completed, uncontended {precision} runs: {devices})")
+    else:
+        note = f"est. time: no completed, uncontended {precision} run on this kind of device in the store yet"
     table = pd.DataFrame(rows).to_markdown(index=False, stralign="right", disable_numparse=True)
     return f"{table}\n{note}"
 
@@ -93,7 +108,7 @@ def check_ladder_corpus(plans: list[RunPlan], train_tokens: int | None = None) -
     ladder = [p for p in plans if p.spec.model_name.startswith("ladder-") and not p.spec.allow_repeats]
     if not ladder:
         return
-    big = max(ladder, key=lambda p: spec_cost(p.spec)[1])
+    big = max(ladder, key=lambda p: spec_cost(p.spec)[1:])
     have = corpus_train_tokens(big.spec) if train_tokens is None else train_tokens
     n, need, _ = spec_cost(big.spec)
     if have is not None and have < need:
@@ -111,7 +126,7 @@ def print_preview(plans: list[RunPlan]) -> None:
             "#": i,
             "run": p.name,
             "run_id": p.run_id,
-            "lr": f"{p.spec.optim['lr']:g}",
+            "lr": format(p.spec.optim["lr"], "g") if isinstance(p.spec.optim["lr"], float) else p.spec.optim["lr"],
             "in store": (p.status or "—") + (f" (as {p.stored_id})" if p.status and p.stored_id != p.run_id else ""),
             "action": f"same as #{p.same_as}" if p.same_as else "skip" if p.skip
             else ("rerun (force)" if p.status else "train"),

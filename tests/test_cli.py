@@ -47,9 +47,14 @@ def test_preview_lists_jobs_and_runs_nothing(tiny_sweep: Path, tmp_path: Path) -
     ids = before.set_index("n_kv_heads").run_id
     lines = [line for line in proc.stdout.splitlines() if "H8-G" in line]
     assert len(lines) == 2
-    assert f"H8-G1-s0 | {ids[1]} |  completed |     skip |" in lines[0]
+    assert f"H8-G1-s0 | {ids[1]} | 0.003 |  completed |     skip |" in lines[0]
     assert "H8-G8-s0" in lines[1] and lines[1].rstrip().endswith("— |    train |")
     assert "2 jobs, 1 to train, 1 already done" in proc.stdout
+    # one model size: its N, tokens and FLOPs, and a time from the stored run's measured throughput
+    size = next(line for line in proc.stdout.splitlines() if line.startswith("| tiny (L"))
+    assert size.split("|")[-2].strip() == "1"
+    measured = (before.status == "completed") & (before.contended != 1)  # a busy machine's run is no estimate
+    assert (size.split("|")[-3].strip() != "—") == bool(measured.any())
     pd.testing.assert_frame_equal(load_runs(results), before)
     assert sorted((results / "hydra").rglob("*")) == hydra_dirs
     assert not list((results / "runs").glob("*/last.ckpt"))

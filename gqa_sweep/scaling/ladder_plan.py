@@ -98,6 +98,17 @@ def sp_lr(n_params: int) -> float:
     return float(f"{lr_ref * (n_params / n_ref) ** -exponent:.3g}")
 
 
+def size_files(preset: str) -> dict[str, str]:
+    """conf/ladder/<label>.yaml of a preset's sizes (the `cpu` preset's are ladder.py's own s1-s5): model
+    shape, sp's lr rule, warm-up and steps; experiment=ladder_gpu sets the data and trainer around them."""
+    shape = PRESETS[preset]
+    generator = f"python -m gqa_sweep.scaling.ladder_plan --preset {preset} --write conf/ladder"
+    return {s.label: ladder.size_yaml(ladder.Size(s.label, s.n_layers, s.d_model, s.n_params, s.steps, s.warmup_steps,
+                                                  sp_lr(s.n_params), 1, shape.batch * shape.block, shape.n_heads,
+                                                  shape.d_head), generator)
+            for s in plan(shape)}  # fmt: skip
+
+
 def command(shape: LadderShape, s: SizePlan, data_path: str = "CORPUS") -> str:
     return (f"gqa-sweep -m experiment=ladder ladder={ladder.SHAPES[0][0]} model.name=ladder-{s.label} "
             f"data.path={data_path} data.vocab_size={shape.vocab} "
@@ -142,7 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flops-per-s", type=float, help="measured model FLOP/s for the time estimate")
     p.add_argument("--results", help="a results dir: its runs' median model_flops_per_s for the time estimate")
     p.add_argument("--data-path", default="CORPUS", help="data.path in the printed commands")
+    p.add_argument("--write", metavar="DIR", help="write the preset's size files there (conf/ladder) and stop")
     a = p.parse_args(argv)
+    if a.write:
+        if a.preset == "cpu":
+            return ladder.main([a.write]) or 0
+        for label, text in size_files(a.preset).items():
+            (Path(a.write) / f"{label}.yaml").write_text(text)
+            print(Path(a.write) / f"{label}.yaml")
+        return 0
     shape = PRESETS[a.preset]
     try:
         if a.sizes:

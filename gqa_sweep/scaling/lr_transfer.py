@@ -75,9 +75,9 @@ def grid_runs(config: dict, runs: pd.DataFrame) -> pd.DataFrame:
 
 def grid_command(config: dict, sweep: str) -> str:
     base, G = config["model"]["mup_base_width"], config["model"]["n_kv_heads"]
-    return (f"train the grid first: this sweep's command at the base width with model.d_model={base} (the ladder: "
-            f"ladder=s1), model.n_kv_heads={G} (or all), optim.lr=2.5e-3,5e-3,1e-2,2e-2,4e-2,8e-2 and "
-            f"sweep={sweep}")  # fmt: skip
+    return (f"train the grid first: this sweep's command at the base width with model.d_model={base} (a ladder: "
+            f"its smallest size, ladder=s1 or g1), model.n_kv_heads={G} (or all), at least 3 lrs a factor 2 apart "
+            f"around the expected best (e.g. optim.lr=2.5e-3,5e-3,1e-2,2e-2,4e-2,8e-2) and sweep={sweep}")
 
 
 def transferred_lr(config: dict, results_dir: str) -> tuple[float, str]:
