@@ -69,3 +69,30 @@ def test_scaling_report_needs_replicates_or_sizes(tmp_path, capsys):
                          "n_params_non_embedding": int(N), "val_loss": 4.0, "seed": 0, "model_name": f"s{k}"})
     assert main([str(tmp_path), "--scaling", "--draws", "10"]) == 2
     assert "needs >= 4 sizes (fit >= 3 sizes, predict the next)" in capsys.readouterr().err
+
+
+def test_two_ladders_are_fitted_apart_and_compared_side_by_side(tmp_path, capsys):
+    """sp and muP ladders in one store (issue 30, item 4): never one fit; one table with each one's s_G."""
+    truth = {"sp": {4: 1.0, 2: 0.85, 1: 0.7}, "mup": {4: 1.0, 2: 0.6, 1: 0.4}}
+    store, rng, i = ResultsStore(tmp_path / "r"), np.random.default_rng(1), 0
+    for p, s_g in truth.items():
+        for k, N in enumerate(SIZES):
+            for G, s in s_g.items():
+                for seed in range(2):
+                    loss = (3.0 + 40 * (s * N) ** -0.3) * np.exp(0.002 * rng.standard_normal())
+                    config = {"model": {"name": f"ladder-s{k + 1}", "n_kv_heads": G, "parametrization": p},
+                              "seed": seed, "sweep": "ladder"}  # fmt: skip
+                    store.write_run({"run_id": f"r{i}", "sweep": "ladder", "status": "completed", "n_heads": 4,
+                                     "n_kv_heads": G, "n_params_non_embedding": int(N), "val_loss": loss,
+                                     "seed": seed, "model_name": f"ladder-s{k + 1}", "config": config})  # fmt: skip
+                    i += 1
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "r"), "--scaling", "--draws", "100", "--out", str(out)]) == 0
+    assert "differ in model.parametrization" in capsys.readouterr().out
+    cmp = pd.read_csv(out / "scaling_compare.csv")
+    assert sorted(set(cmp["ladder"])) == ["parametrization=mup", "parametrization=sp"] and len(cmp) == 6
+    for p, s_g in truth.items():
+        for G, s in s_g.items():
+            cell = cmp[(cmp["ladder"] == f"parametrization={p}") & (cmp["G"] == G)].iloc[0]
+            assert float(cell["s_G"].split()[0]) == pytest.approx(s, abs=0.05)
+            assert float(cell["held-out error"].rstrip(" %")) < 1.0

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _scaling_report(runs, out: Path, formats, plots: bool, draws: int) -> list[Path]:
+def _scaling_report(runs, out: Path, formats, plots: bool, draws: int, fitted: dict | None = None) -> list[Path]:
+    """Fit, check and plot one ladder; its tables also go to `fitted` (for scaling_compare)."""
     from gqa_sweep.report.scaling import scaling_tables, verdict
 
     if draws < 1:
@@ -60,6 +61,8 @@ def _scaling_report(runs, out: Path, formats, plots: bool, draws: int) -> list[P
         tables = scaling_tables(runs, draws)
     except ValueError as e:
         raise ReportError(str(e)) from None
+    if fitted is not None:
+        fitted[out.name] = tables
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
     print(verdict(tables))
     written = write_tables(tables, out, formats)
@@ -96,21 +99,27 @@ def _report(args: argparse.Namespace) -> list[Path]:
         return _one_group(args, runs, all_runs, out)
     print(f"gqa-report: these runs are {len(groups)} different computations (they differ in "
           f"{', '.join(groups[0].keys)}), never averaged together: each is reported apart, under {out}/<group>/")
-    written = []
+    written, fitted = [], {}
     for i, g in enumerate(groups, 1):
         print(f"\n## Group {i}/{len(groups)}: {g.label} ({len(g.runs)} runs) -> {out / g.slug}/\n")
         try:
-            written += _one_group(args, g.runs.reset_index(drop=True), all_runs, out / g.slug)
+            written += _one_group(args, g.runs.reset_index(drop=True), all_runs, out / g.slug, fitted)
         except ReportError as e:
             raise ReportError(f"group {i}/{len(groups)} ({g.label}): {e}") from None
+    if len(fitted) > 1:
+        from gqa_sweep.report.scaling import scaling_compare
+
+        tables = {"scaling_compare": scaling_compare(fitted)}
+        print("\n## Side by side\n\n" + to_markdown("scaling_compare", tables["scaling_compare"]))
+        written += write_tables(tables, out, FORMATS if args.format == "all" else [args.format])
     return written
 
 
-def _one_group(args: argparse.Namespace, runs, all_runs, out: Path) -> list[Path]:
+def _one_group(args: argparse.Namespace, runs, all_runs, out: Path, fitted: dict | None = None) -> list[Path]:
     """The tables (and plots) of runs of one context (report/groups.py)."""
     formats = FORMATS if args.format == "all" else [args.format]
     if args.scaling:
-        return _scaling_report(runs, out, formats, args.plots, args.draws)
+        return _scaling_report(runs, out, formats, args.plots, args.draws, fitted)
     tables = build_tables(runs, all_runs)
     print("\n".join(to_markdown(name, t) for name, t in tables.items()))
     written = write_tables(tables, out, formats)

@@ -32,7 +32,8 @@ SIZE_TIED = ("model.", "trainer.max_steps", "trainer.val_check_interval", "train
 # The keys a group is named by first; another differing key is named only when these do not already fix it
 # (a text corpus also sets data.delimiter: "source=text" says enough).
 NAMED_FIRST = ("data.source", "data.name", "data.config", "data.path", "data.tokenizer", "data.vocab_size",
-               "trainer.max_steps", "trainer.precision", "trainer.accelerator", "data_name", "tokenizer")
+               "trainer.max_steps", "trainer.precision", "trainer.accelerator", "model.parametrization", "data_name",
+               "tokenizer")
 FALLBACK = ("data_name", "tokenizer", "vocab_size", "block_size", "batch_size", "precision")
 # A wandb run's config also carries its run_id (gqa_sweep/run/loggers.py): a name, not part of the computation.
 _NOT_IDENTITY = (*IDENTITY_EXCLUDE, "run_id", "run_name", *AXES)

@@ -33,8 +33,15 @@ TITLES = {
     "scaling_holdout": "Held-out largest size: predicted vs measured loss per G",
     "scaling_progressive": "Progressive check: fit the first k sizes, predict size k+1",
     "scaling_extrapolation": "Predicted loss gap vs MHA at scale (extrapolated)",
+    "scaling_compare": "Ladders side by side: s_G and held-out error of each one's winning model",
 }
 NOTES = {
+    "scaling_compare": (
+        "Each ladder (a group of runs that differ beyond seed, G and size: sp with one lr per size vs muP with "
+        "each G's transferred lr, say) fitted apart, by its own winning model. s_G: [95 % bootstrap interval]; "
+        "held-out error: |predicted / measured − 1| on the largest size, fitted on the others; progressive: the "
+        "winner's mean over the folds."
+    ),
     "scaling_models": (
         "M0: shared E and α, per-G A (G = a constant parameter multiplier s_G); M1: per-G E; M2: per-G α; "
         "M3: every G alone. Fitted in log space (LSE form) by L-BFGS-B from a grid of starts; wls weights 1/σ² "
@@ -182,7 +189,8 @@ def display_extrapolation(t: pd.DataFrame) -> pd.DataFrame:
 
 
 DISPLAY = {"scaling_models": display_models, "scaling_fit": display_fit, "scaling_holdout": display_holdout,
-           "scaling_progressive": display_progressive, "scaling_extrapolation": display_extrapolation}
+           "scaling_progressive": display_progressive, "scaling_extrapolation": display_extrapolation,
+           "scaling_compare": lambda t: t}  # built for display (scaling_compare)
 
 
 def verdict(tables: dict[str, pd.DataFrame]) -> str:
@@ -196,3 +204,23 @@ def verdict(tables: dict[str, pd.DataFrame]) -> str:
                      f"(worst G={worst['G']}: {100 * worst['abs_rel_err']:.2f} %; "
                      f"{int(sub['inside_pi'].sum())}/{len(sub)} inside the 95 % PI)")
     return "Held-out check: " + "; ".join(lines) + "."
+
+
+def scaling_compare(tables: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (ladder, G) of several ladders fitted apart (sp with one lr per size vs muP with each G's
+    transferred lr, say): each one's winning model, s_G with its interval, the held-out largest size's error
+    and whether it fell inside the 95 % PI, and the winner's mean progressive error."""
+    rows = []
+    for label, t in tables.items():
+        win = t["scaling_models"][t["scaling_models"].winner].iloc[0]
+        fit = t["scaling_fit"].set_index("G")
+        hold = t["scaling_holdout"]
+        hold = hold[(hold.model == win.model) & (hold.objective == win.objective)].set_index("G")
+        for G in fit.index:
+            f, h = fit.loc[G], hold.loc[G] if G in hold.index else None
+            rows.append({"ladder": label, "model": f"{win.model} / {win.objective}", "G": G,
+                         "s_G": _pm(f["s"], f["s_lo"], f["s_hi"]),
+                         "held-out error": "—" if h is None else f"{100 * h.abs_rel_err:.2f} %",
+                         "in 95 % PI": "—" if h is None else _mark(h.inside_pi),
+                         "mean err (progressive)": f"{100 * win.mean_err_progressive:.2f} %"})  # fmt: skip
+    return pd.DataFrame(rows)
