@@ -74,7 +74,7 @@ def test_an_old_store_is_found_reused_and_reported(tmp_path: Path) -> None:
     text, _ = preview(tmp_path, *MQAR_ARGS, "trainer.precision=bf16-mixed")
     assert "2 jobs, 0 to train, 2 already done" in text
     for G, old in OLD_MQAR_IDS.items():
-        assert re.search(rf"H2-G{G}-s0 \|\s+[0-9a-f]{{12}} \|\s+completed \(as {old}\) \|\s+skip", text), text
+        assert re.search(rf"H2-G{G}-s0 \|\s+[0-9a-f]{{12}} \|\s+[0-9.e-]+ \|\s+completed \(as {old}\) \|\s+skip", text), text
     # A real sweep under another name reuses them: nothing trains, the rows gain its label, nothing is duplicated.
     before = load_runs(results)
     proc = gqa_sweep("-m", *MQAR_ARGS, "trainer.precision=bf16-mixed", "sweep=again", f"results_dir={results}",
