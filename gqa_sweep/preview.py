@@ -19,8 +19,8 @@ import numpy as np
 from gqa_sweep.config import ConfigError
 from gqa_sweep.model.shape import non_embedding_params, train_flops_per_token
 from gqa_sweep.plan import RunPlan, duration
+from gqa_sweep.scaling.ladder_plan import measured_runs
 from gqa_sweep.spec import RunSpec, thawed
-from gqa_sweep.store.results import load_runs
 
 VOCAB_UNKNOWN = 256  # a char tokenizer's vocabulary is the corpus's: count the LM head at a byte vocabulary
 
@@ -53,17 +53,6 @@ def size_costs(plans: list[RunPlan]) -> list[SizeCost]:
     return [SizeCost(k, *v) for k, v in sizes.items()]
 
 
-def measured_runs(spec: RunSpec):
-    """The store's completed, uncontended runs on this kind of device and precision, with a model FLOP/s."""
-    runs = load_runs(spec.results_dir)
-    if runs.empty:
-        return runs
-    cpu = spec.trainer.accelerator not in ("gpu", "cuda")
-    return runs[(runs.status == "completed") & runs.model_flops_per_s.notna() & (runs.contended != 1)
-                & (runs.precision == spec.trainer.precision)
-                & (runs.device.fillna("").str.startswith("CPU") == cpu)]  # fmt: skip
-
-
 def est_seconds(flops: float, flops_per_token: float, runs) -> float | None:
     """FLOPs / the median model FLOP/s of the stored runs nearest this size in FLOPs per token (small models
     reach a smaller share of the machine's peak, so one median for every size would be wrong)."""
@@ -76,7 +65,9 @@ def est_seconds(flops: float, flops_per_token: float, runs) -> float | None:
 def size_table(plans: list[RunPlan]) -> str:
     import pandas as pd
 
-    runs, precision = measured_runs(plans[0].spec), plans[0].spec.trainer.precision
+    spec = plans[0].spec
+    precision, cpu = spec.trainer.precision, spec.trainer.accelerator not in ("gpu", "cuda")
+    runs = measured_runs(spec.results_dir, precision, cpu)
     rows = []
     for s in size_costs(plans):
         t = est_seconds(s.flops, s.flops / s.tokens, runs)

@@ -288,10 +288,16 @@ def prepared_counts(d: dict) -> dict[str, int] | None:
         return {s: sum(i.n_tokens for i in infos if ("val" in i.path.name) == (s == "val")) for s in ("train", "val")}
     if d.get("source") not in ("text", "shakespeare"):
         return None
+    _, _, out = cache_location(d)
+    return split_counts(out) if (out / "meta.json").exists() else None
+
+
+def cache_location(d: dict) -> tuple[object, dict, Path]:
+    """(the document source, the tokenizer settings, the cache directory its shards go to) of data config `d`."""
     source = make_source(d)
     settings = tokenizer_settings(d, delimiter_on(d, source.structured))
-    out = Path(os.path.expanduser(d.get("cache_dir", "~/.cache/gqa-sweep"))) / cache_key(d, source, settings)
-    return split_counts(out) if (out / "meta.json").exists() else None
+    cache_dir = Path(os.path.expanduser(d.get("cache_dir", "~/.cache/gqa-sweep")))
+    return source, settings, cache_dir / cache_key(d, source, settings)
 
 
 def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
@@ -301,11 +307,8 @@ def prepare(d: dict, progress: Progress | None = None, on_hit=None) -> Path:
     is told whether the shards were already there.
     """
     progress = progress or Progress()
-    source = make_source(d)
-    delimit = delimiter_on(d, source.structured)
-    settings = tokenizer_settings(d, delimit)
-    cache_dir = Path(os.path.expanduser(d.get("cache_dir", "~/.cache/gqa-sweep")))
-    out = cache_dir / cache_key(d, source, settings)
+    source, settings, out = cache_location(d)
+    cache_dir = out.parent
     hit = (out / "meta.json").exists()
     if on_hit:
         on_hit(hit)

@@ -78,12 +78,28 @@ def check_corpus(sizes: list[SizePlan], corpus_tokens: int) -> None:
                          "tokens per parameter (--tokens-per-param) or smaller sizes")  # fmt: skip
 
 
-def measured_flops_per_s(results_dir: str | Path) -> tuple[float, str]:
-    """Median model_flops_per_s of the completed runs in a store, and where it came from."""
+def measured_runs(results_dir: str | Path, precision: str | None = None, cpu: bool | None = None,
+                  uncontended: bool = True):
+    """The store's completed runs with a model FLOP/s: of one precision and kind of device (CPU or not) when
+    given, uncontended ones only unless told otherwise (a busy machine's FLOP/s is no estimate)."""
     from gqa_sweep.store.results import load_runs
 
     runs = load_runs(results_dir)
-    done = runs[(runs.status == "completed") & runs.model_flops_per_s.notna()] if len(runs) else runs
+    if runs.empty:
+        return runs
+    keep = (runs.status == "completed") & runs.model_flops_per_s.notna()
+    if uncontended:
+        keep &= runs.contended != 1
+    if precision is not None:
+        keep &= runs.precision == precision
+    if cpu is not None:
+        keep &= runs.device.fillna("").str.startswith("CPU") == cpu
+    return runs[keep]
+
+
+def measured_flops_per_s(results_dir: str | Path) -> tuple[float, str]:
+    """Median model_flops_per_s of the completed runs in a store, and where it came from."""
+    done = measured_runs(results_dir, uncontended=False)
     if done.empty:
         raise ValueError(f"no completed run with model_flops_per_s in {results_dir}; train one first or give "
                          "--flops-per-s")  # fmt: skip
@@ -103,10 +119,10 @@ def size_files(preset: str) -> dict[str, str]:
     shape, sp's lr rule, warm-up and steps; experiment=ladder_gpu sets the data and trainer around them."""
     shape = PRESETS[preset]
     generator = f"python -m gqa_sweep.scaling.ladder_plan --preset {preset} --write conf/ladder"
-    return {s.label: ladder.size_yaml(ladder.Size(s.label, s.n_layers, s.d_model, s.n_params, s.steps, s.warmup_steps,
-                                                  sp_lr(s.n_params), 1, shape.batch * shape.block, shape.n_heads,
-                                                  shape.d_head), generator)
-            for s in plan(shape)}  # fmt: skip
+    sizes = [ladder.Size(s.label, s.n_layers, s.d_model, s.n_params, max_steps=s.steps, warmup_steps=s.warmup_steps,
+                         lr=sp_lr(s.n_params), seeds=1, tokens_per_step=shape.batch * shape.block,
+                         n_heads=shape.n_heads, d_head=shape.d_head) for s in plan(shape)]  # fmt: skip
+    return {s.label: ladder.size_yaml(s, generator) for s in sizes}
 
 
 def command(shape: LadderShape, s: SizePlan, data_path: str = "CORPUS") -> str:
