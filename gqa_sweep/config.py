@@ -17,7 +17,7 @@ from pathlib import Path
 from hydra.errors import CompactHydraException
 from hydra.utils import to_absolute_path
 
-from gqa_sweep.model.shape import DECODE_MODES, PARAM_MATCH, ModelConfig, divisors, matched_d_ff
+from gqa_sweep.model.shape import DECODE_MODES, ModelConfig, build_shape, divisors
 
 # Keys that change where or how a run is reported, not what it computes: left out of the run's identity.
 # The sweep is a label (a run reused by another sweep carries both; gqa_sweep.store.results' `sweeps` table).
@@ -147,12 +147,7 @@ def identify(cfg: dict) -> tuple[dict, str, str, ModelConfig]:
 
 def model_shape(cfg: dict) -> ModelConfig:
     """The run's model shape, its vocabulary left to the data; `param_match=ffn` resolves to the matched d_ff."""
-    m = {k: v for k, v in cfg["model"].items() if k not in ("name", "param_match")}
-    match = cfg["model"].get("param_match", "none")
-    if match not in PARAM_MATCH:
-        raise ValueError(f"param_match={match!r}; choose from {', '.join(PARAM_MATCH)}")
-    shape = ModelConfig(**{**m, "vocab_size": None})
-    return replace(shape, d_ff=matched_d_ff(shape)) if match == "ffn" else shape
+    return build_shape(cfg["model"])
 
 
 def validate(cfg: dict) -> None:

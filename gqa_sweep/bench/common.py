@@ -22,7 +22,7 @@ import torch
 
 from gqa_sweep.model.cache import Cache
 from gqa_sweep.model.layers import rope_tables
-from gqa_sweep.model.shape import ModelConfig, non_embedding_params
+from gqa_sweep.model.shape import ModelConfig, build_shape, non_embedding_params
 from gqa_sweep.model.transformer import DecoderLM
 from gqa_sweep.train.metrics import device_name
 
@@ -114,7 +114,7 @@ def model_config(a: argparse.Namespace, n_kv_heads: int, block_size: int | None 
         base["d_head"] = None  # a new width re-derives d_head = d_model / n_heads
     if block_size is not None:
         base["block_size"] = block_size
-    return ModelConfig(**base, n_kv_heads=n_kv_heads)
+    return build_shape(base, n_kv_heads=n_kv_heads)
 
 
 def weight_bytes(model: DecoderLM, elem: int) -> int:

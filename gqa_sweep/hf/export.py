@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.shape import ModelConfig, build_shape
 from gqa_sweep.model.transformer import DecoderLM
 
 if TYPE_CHECKING:
@@ -155,11 +155,16 @@ def _rope_theta(c) -> float:
 
 
 def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
-    """Our ModelConfig for an HF Llama or Qwen3 config; ValueError naming what differs from our architecture."""
+    """Our ModelConfig for an HF Llama, Qwen3 or dense DeepseekV3 config; ValueError naming what differs from our
+    architecture."""
+    dense_mla = getattr(c, "model_type", None) == "deepseek_v3"
+    return build_shape(_deepseek_fields(c) if dense_mla else _llama_fields(c))
+
+
+def _llama_fields(c: PretrainedConfig) -> dict:
+    """ModelConfig's fields of an HF Llama or Qwen3 config; ValueError naming what we do not implement."""
     problems = []
     model_type = getattr(c, "model_type", None)
-    if model_type == "deepseek_v3":
-        return _model_config_from_deepseek(c)
     if model_type not in ("llama", "qwen3"):
         problems.append(f"model_type={model_type!r} (only 'llama', or 'qwen3' for qk_norm)")
     if getattr(c, "use_sliding_window", False):
@@ -178,7 +183,7 @@ def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
     if problems:
         raise ValueError(f"unsupported {'Qwen3' if model_type == 'qwen3' else 'Llama'} config for DecoderLM: "
                          + "; ".join(problems))
-    return ModelConfig(
+    return dict(
         vocab_size=c.vocab_size,
         block_size=c.max_position_embeddings,
         n_layers=c.num_hidden_layers,
@@ -195,8 +200,8 @@ def model_config_from_hf(c: PretrainedConfig) -> ModelConfig:
     )
 
 
-def _model_config_from_deepseek(c) -> ModelConfig:
-    """An MLA ModelConfig of a dense DeepseekV3Config; ValueError naming what our MLA does not implement."""
+def _deepseek_fields(c: PretrainedConfig) -> dict:
+    """ModelConfig's fields (MLA) of a dense DeepseekV3Config; ValueError naming what our MLA does not implement."""
     problems = []
     if (c.first_k_dense_replace or 0) < c.num_hidden_layers:
         problems.append(f"first_k_dense_replace={c.first_k_dense_replace} < num_hidden_layers={c.num_hidden_layers} "
@@ -213,7 +218,7 @@ def _model_config_from_deepseek(c) -> ModelConfig:
         problems.append(str(e))
     if problems:
         raise ValueError("unsupported DeepseekV3 config for DecoderLM: " + "; ".join(problems))
-    return ModelConfig(
+    return dict(
         vocab_size=c.vocab_size, block_size=c.max_position_embeddings, n_layers=c.num_hidden_layers,
         d_model=c.hidden_size, n_heads=c.num_attention_heads, n_kv_heads=c.num_attention_heads,
         d_head=None if c.hidden_size % c.num_attention_heads == 0 and c.hidden_size // c.num_attention_heads % 2 == 0
@@ -270,7 +275,7 @@ def export_delimiter(hf: PreTrainedModel, run_tokenizer: Path) -> str | None:
     document starts after: it is what lm-eval-harness prefixes a context with (its `prefix_token_id` is the
     tokenizer's bos, else its eos) and where generation should stop.
     """
-    from gqa_sweep.data.tokenizers import delimiter_token_of
+    from gqa_sweep.data.tokenizer_export import delimiter_token_of
 
     token = delimiter_token_of(run_tokenizer)
     if token is None:

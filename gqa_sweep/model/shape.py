@@ -1,11 +1,13 @@
-"""The model's shape: ModelConfig (checked at construction, one-line errors naming the fix) and the parameter
-arithmetic that param matching needs. Torch-free; the run's config (gqa_sweep.config) builds it from Hydra.
+"""The model's shape: ModelConfig (checked at construction, one-line errors naming the fix), `build_shape`, the
+one place a shape is built from a description, and the parameter arithmetic that param matching needs.
+Torch-free; the run's config (gqa_sweep.config) builds its shape from Hydra's model group through build_shape.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 
 from gqa_sweep.model.kv_formula import (
     MLA_KNOBS,
@@ -223,6 +225,7 @@ class ModelConfig:
 
 MLA_NORM_EPS = 1e-6  # DeepseekV3's two latent RMSNorms hard-code it; ours match, so the export is exact
 PARAM_MATCH = ("none", "ffn")
+GROUP_KEYS = ("name", "param_match")  # a model group's keys that name or resolve a shape rather than set a field
 MATCH_TOLERANCE = 2.5e-3  # a rounded d_ff is kept when it misses the target count by at most 0.25 %
 
 
@@ -262,3 +265,23 @@ def matched_d_ff(cfg: ModelConfig) -> int:
         if abs(d_ff - exact) * per_unit <= MATCH_TOLERANCE * mha:
             return d_ff
     return max(1, round(exact))
+
+
+def build_shape(description: Mapping, **overrides) -> ModelConfig:
+    """The one place a shape is built. `description` is a model group (conf/model/*.yaml, a bench or scaling
+    preset), a stored shape (`ModelConfig.to_dict()`: checkpoints, LMModule's hyperparameters) or an HF config's
+    translation; `overrides` replace its keys. `name` is dropped, `param_match=ffn` widens d_ff to the MHA twin's
+    parameter count, the vocabulary defaults to None (the data sets it), and any other key that is not a field is
+    refused by name, so a typo in a config never passes silently."""
+    d = {"vocab_size": None, **description, **overrides}
+    match = d.pop("param_match", "none")
+    d.pop("name", None)
+    known = [f.name for f in fields(ModelConfig)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown model key(s) {', '.join(unknown)}; the model's keys are "
+                         f"{', '.join(known + list(GROUP_KEYS))}")  # fmt: skip
+    if match not in PARAM_MATCH:
+        raise ValueError(f"param_match={match!r}; choose from {', '.join(PARAM_MATCH)}")
+    shape = ModelConfig(**d)
+    return replace(shape, d_ff=matched_d_ff(shape)) if match == "ffn" else shape

@@ -25,6 +25,7 @@ import numpy as np
 
 from gqa_sweep.model.kv import divisors, dtype_bytes, kv_cache_bytes
 from gqa_sweep.model.shape import ModelConfig, non_embedding_params
+from gqa_sweep.scaling.ladder import member
 
 LAMBDA, A_EXP, B_EXP = 0.9, 0.5, 1.0 / 3.0
 D_HEAD = 128
@@ -90,8 +91,7 @@ def family_d_model(n, r: Fraction, vocab: int) -> np.ndarray:
 
 def family_member(k: int, G: int, vocab: int, seq_len: int) -> tuple[ModelConfig, int]:
     """Llama-like member k: d 128 k, H = L = k; (config, non-embedding N as the store counts it)."""
-    cfg = ModelConfig(vocab_size=vocab, block_size=seq_len, n_layers=k, d_model=D_HEAD * k, n_heads=k,
-                      n_kv_heads=G, d_head=D_HEAD)
+    cfg = member(k, D_HEAD * k, G, n_heads=k, d_head=D_HEAD, vocab=vocab, block=seq_len)
     return cfg, non_embedding_params(cfg)
 
 
@@ -129,8 +129,7 @@ def best_under_budget(curves: Curves, budget: int, seq_len: int, batch: int, wei
     rows, losses = [], {}
     if shape is not None:
         L, d, H = shape
-        members = [(ModelConfig(vocab_size=vocab, block_size=seq_len, n_layers=L, d_model=d, n_heads=H,
-                                n_kv_heads=G, d_head=d_head), G, H)
+        members = [(member(L, d, G, n_heads=H, d_head=d_head, vocab=vocab, block=seq_len), G, H)
                    for G in divisors(H)]
     else:
         members = None

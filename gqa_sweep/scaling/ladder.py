@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gqa_sweep.model.shape import ModelConfig, non_embedding_params
+from gqa_sweep.model.shape import ModelConfig, build_shape, non_embedding_params
 
 N_HEADS = 4
 D_HEAD = 16
@@ -68,10 +68,16 @@ class Size:
         return self.tokens / CORPUS_TRAIN_TOKENS
 
 
+def member(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS, n_heads: int = N_HEADS, d_head: int = D_HEAD,
+           vocab: int = VOCAB, block: int = BLOCK) -> ModelConfig:
+    """A size of a ladder or of gqa-recommend's family: H heads of a fixed d_head at the given depth and width,
+    every other field at its default (what a size file of conf/ladder sets)."""
+    return build_shape({"vocab_size": vocab, "block_size": block, "n_layers": n_layers, "d_model": d_model,
+                        "n_heads": n_heads, "n_kv_heads": n_kv_heads, "d_head": d_head})  # fmt: skip
+
+
 def mha_params(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS) -> int:
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=BLOCK, n_layers=n_layers, d_model=d_model, n_heads=N_HEADS,
-                      n_kv_heads=n_kv_heads, d_head=D_HEAD)
-    return non_embedding_params(cfg)
+    return non_embedding_params(member(n_layers, d_model, n_kv_heads))
 
 
 def best_lr(losses: dict[float, float]) -> tuple[float, bool]:

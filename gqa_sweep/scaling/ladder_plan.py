@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gqa_sweep.model.shape import ModelConfig, non_embedding_params, train_flops_per_token
+from gqa_sweep.model.shape import non_embedding_params, train_flops_per_token
 from gqa_sweep.scaling import ladder
 
 
@@ -59,8 +59,7 @@ def plan(shape: LadderShape) -> list[SizePlan]:
     per_step = shape.batch * shape.block
     out = []
     for label, L, d in shape.shapes:
-        cfg = ModelConfig(vocab_size=shape.vocab, block_size=shape.block, n_layers=L, d_model=d,
-                          n_heads=shape.n_heads, n_kv_heads=shape.n_heads, d_head=shape.d_head)  # fmt: skip
+        cfg = ladder.member(L, d, shape.n_heads, shape.n_heads, shape.d_head, shape.vocab, shape.block)
         n = non_embedding_params(cfg)
         steps = math.ceil(shape.tokens_per_param * n / per_step)
         tokens = steps * per_step

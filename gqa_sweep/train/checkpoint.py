@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.shape import build_shape
 from gqa_sweep.model.transformer import DecoderLM
 
 
@@ -43,7 +43,7 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[DecoderLM, 
             "pass a model.pt written by gqa-sweep/gqa-convert or a Lightning .ckpt of LMModule"
         )
     try:
-        model = DecoderLM(ModelConfig(**cfg))
+        model = DecoderLM(build_shape(cfg))
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{str(path)!r} holds a model that does not load: {str(e).splitlines()[0]}") from e

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.shape import build_shape
 from gqa_sweep.model.transformer import DecoderLM
 from gqa_sweep.store.val_stats import IGNORE, ValStats
 
@@ -65,7 +65,7 @@ class LMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = DecoderLM(ModelConfig(**model_config))
+        self.model = DecoderLM(build_shape(model_config))
         # The whole training loss (model, fp32 cast, cross-entropy, z-loss) is one compiled graph: the logits'
         # cast and softmax fuse instead of round-tripping (tokens x vocab) fp32 tensors through memory.
         # Validation stays eager: a second (no-grad) compile would cost more than its few batches save.

@@ -1,0 +1,95 @@
+"""The package's structure, measured from its code (the measures of the spec-through-the-run issue): a model
+shape is built in one place, the config is resolved only by the planner, no two modules import each other."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gqa_sweep.model.shape import ModelConfig, build_shape, matched_d_ff
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "gqa_sweep"
+
+
+def calls_of(name: str, tree: Path = PACKAGE) -> list[str]:
+    """`path:line` of every call of `name` (a plain name or an attribute) under `tree`."""
+    out = []
+    for path in sorted(tree.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                if (f.id if isinstance(f, ast.Name) else getattr(f, "attr", None)) == name:
+                    out.append(f"{path.relative_to(tree)}:{node.lineno}")
+    return out
+
+
+def test_a_model_shape_is_built_in_one_place() -> None:
+    sites = calls_of("ModelConfig")
+    assert len(sites) == 1 and sites[0].startswith("model/shape.py:"), sites
+
+
+def test_only_the_planner_resolves_the_config() -> None:
+    for name in ("resolved", "max_steps_of"):
+        where = {site.split(":")[0] for site in calls_of(name)}
+        assert where <= {"spec.py", "plan.py"}, (name, where)
+
+
+CYCLES = (
+    "import grimp, sys\n"
+    "g = grimp.build_graph('gqa_sweep', cache_dir=None)\n"
+    "mods = sorted(g.modules)\n"
+    "found = [(a, b) for a in mods for b in g.find_modules_directly_imported_by(a)\n"
+    "         if b.startswith('gqa_sweep') and a < b and a in g.find_modules_directly_imported_by(b)]\n"
+    "print(found)\n"
+)
+
+
+def circles(tree: Path) -> str:
+    env = {"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", CYCLES], cwd=tree, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_no_two_modules_import_each_other(tmp_path) -> None:
+    pytest.importorskip("grimp")  # import-linter's graph, in the dev extras
+    assert circles(ROOT) == "[]"
+    # A circle hidden inside a function (as bench/decode <-> bench/variants once was) is still found.
+    shutil.copytree(PACKAGE, tmp_path / "gqa_sweep", ignore=shutil.ignore_patterns("__pycache__"))
+    target = tmp_path / "gqa_sweep" / "model" / "kv_formula.py"
+    target.write_text(target.read_text() + "\n\ndef _planted():\n    from gqa_sweep.model import shape\n")
+    assert circles(tmp_path) == "[('gqa_sweep.model.kv_formula', 'gqa_sweep.model.shape')]"
+
+
+BASE = {"vocab_size": 61, "block_size": 32, "n_layers": 2, "d_model": 64, "n_heads": 8, "n_kv_heads": 2}
+
+
+def test_build_shape_reads_every_kind_of_description() -> None:
+    plain = ModelConfig(**BASE)
+    assert build_shape(BASE) == plain
+    assert build_shape(plain.to_dict()) == plain  # a stored shape (checkpoint, LMModule hyperparameters)
+    assert build_shape({**BASE, "name": "tiny", "param_match": "none"}) == plain  # a model group
+    assert build_shape(BASE, n_kv_heads=8).n_kv_heads == 8  # overrides win
+    assert build_shape({k: v for k, v in BASE.items() if k != "vocab_size"}).vocab_size is None  # the data's
+    matched = build_shape({**BASE, "n_kv_heads": 1, "param_match": "ffn"})
+    assert matched.d_ff == matched_d_ff(ModelConfig(**{**BASE, "n_kv_heads": 1})) > plain.d_ff
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"n_kv_head": 2}, "unknown model key(s) n_kv_head; the model's keys are vocab_size, block_size"),
+        ({"param_match": "attn"}, "param_match='attn'; choose from none, ffn"),
+    ],
+)
+def test_build_shape_refuses_what_is_not_a_shape(extra: dict, message: str) -> None:
+    with pytest.raises(ValueError) as e:
+        build_shape({**BASE, **extra})
+    assert message in str(e.value)
