@@ -114,7 +114,25 @@ def _causal(T: int, cache: Cache | None) -> bool:
     return T > 1 and (cache is None or cache.length == 0)  # a prefill is causal; one new token sees all cached
 
 
-class GQAAttention(AttentionBase):
+class GroupedAttention(AttentionBase):
+    """GQA and GTA: a query of H heads, a cached pair of G-head states (`project`), and the K and V of G heads
+    that pair gives (`kv`); attention is grouped SDPA or the single-token step (AttentionBase.attend)."""
+
+    def forward(self, x, cos, sin, cache: Cache | None = None, layer: int = 0) -> torch.Tensor:
+        q, *state = self.project(x, cos, sin)
+        causal = _causal(x.shape[1], cache)
+        if cache is not None:
+            state = cache.append(layer, *state)
+        return self.attend(q, *self.kv(*state), causal, cache)
+
+    @torch.no_grad()
+    def max_logit(self, x, cos, sin) -> torch.Tensor:
+        """max |q.k| x the attention scale over heads and causal pairs, with K broadcast over each group."""
+        q, *state = self.project(x, cos, sin)
+        return _max_logit(q, self.kv(*state)[0], self.scale)
+
+
+class GQAAttention(GroupedAttention):
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
@@ -140,25 +158,16 @@ class GQAAttention(AttentionBase):
         v = self.v_proj(x).view(B, T, self.n_kv_heads, cfg.d_head).transpose(1, 2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        T = x.shape[1]
-        q, k, v = self.qkv(x, cos, sin)
-        causal = _causal(T, cache)
-        if cache is not None:
-            k, v = cache.append(layer, k, v)
-        return self.attend(q, k, v, causal, cache)
+    project = qkv  # the cached pair is K and V themselves (KVCache)
 
-    @torch.no_grad()
-    def max_logit(self, x, cos, sin) -> torch.Tensor:
-        """max |q.k| x the attention scale over heads and causal pairs, with K/V broadcast over each group."""
-        q, k, _ = self.qkv(x, cos, sin)
-        return _max_logit(q, k, self.scale)
+    def kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return k, v
 
 
 Attention = GQAAttention  # the name model.Attention had before the variants
 
 
-class GTAAttention(AttentionBase):
+class GTAAttention(GroupedAttention):
     """One tied state per group is V; K = [its first d_head - d_R dims ; RoPE key of d_R dims shared by all heads]."""
 
     def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
@@ -185,21 +194,11 @@ class GTAAttention(AttentionBase):
     def keys(self, tied: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
         return torch.cat((tied[..., : self.d_nope], k_rope.expand(-1, tied.shape[1], -1, -1)), dim=-1)
 
-    def forward(self, x, cos, sin, cache: TiedCache | None = None, layer: int = 0) -> torch.Tensor:
-        T = x.shape[1]
-        q, tied, k_rope = self.project(x, cos, sin)
-        causal = _causal(T, cache)
-        if cache is not None:
-            tied, k_rope = cache.append(layer, tied, k_rope)
-        k = self.keys(tied, k_rope)  # G heads (a copy of the cache's unrotated part + k_R), never H
-        # GQA's attention with the tied state as V. Building K and calling SDPA measured as fast or faster on the
-        # CPU than reading the tied state in place with two score matmuls, a softmax and a third (docs/metrics.md).
-        return self.attend(q, k, tied, causal, cache)
-
-    @torch.no_grad()
-    def max_logit(self, x, cos, sin) -> torch.Tensor:
-        q, tied, k_rope = self.project(x, cos, sin)
-        return _max_logit(q, self.keys(tied, k_rope), self.scale)
+    def kv(self, tied: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K of G heads (a copy of the cache's unrotated part + k_R, never H heads); V is the tied state itself.
+        Building K for SDPA was as fast or faster on the CPU than reading the tied state in place with two score
+        matmuls, a softmax and a third (docs/metrics.md)."""
+        return self.keys(tied, k_rope), tied
 
 
 class MLAAttention(AttentionBase):
