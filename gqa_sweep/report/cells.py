@@ -25,7 +25,7 @@ def best_lr_at_edge(cell: pd.DataFrame) -> bool:
     return bool(best in (lrs.min(), lrs.max()))
 
 
-def _counts(cell: pd.DataFrame) -> dict:
+def status_counts(cell: pd.DataFrame) -> dict:
     status = cell.status.value_counts()
     return {
         "n_completed": int(status.get("completed", 0)),
@@ -35,9 +35,12 @@ def _counts(cell: pd.DataFrame) -> dict:
     }
 
 
-def _ppl_stats(done: pd.DataFrame) -> dict:
+def run_stats(runs: pd.DataFrame) -> dict:
+    """A table cell's numbers over its runs (usually one lr's, best_lr_runs): val ppl mean and std of the completed
+    runs, and the runs counted by status."""
+    done = runs[runs.status == "completed"]
     # std ddof=1 is NaN for a single run: shown as "± —", never as a fake 0.
-    return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1)}
+    return {"val_ppl_mean": done.val_ppl.mean(), "val_ppl_std": done.val_ppl.std(ddof=1), **status_counts(runs)}
 
 
 def num(x: float, fmt: str) -> str:

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, mean_std, num
+from gqa_sweep.report.cells import best_lr_runs, mean_std, num, run_stats
 from gqa_sweep.report.load import DASH, METHODS, prepare
 
 TITLES = {
@@ -42,11 +42,10 @@ def conversion_table(runs: pd.DataFrame, all_runs: pd.DataFrame | None = None) -
         parent_ppl = parents.reindex(parent_ids.unique()).mean()
         for alpha, acell in cell.groupby(cell.alpha.fillna(-1.0), sort=True):  # -1: alpha not recorded
             acell = best_lr_runs(acell)
-            done = acell[acell.status == "completed"]
             rows.append({
                 "model": str(model), "G": int(G), "method": method,
                 "alpha": math.nan if alpha < 0 else alpha,
-                **_ppl_stats(done), **_counts(acell), "parent_val_ppl": parent_ppl,
+                **run_stats(acell), "parent_val_ppl": parent_ppl,
             })
     table = pd.DataFrame(rows)
     rank = {m: i for i, m in enumerate(METHODS)}

@@ -17,13 +17,12 @@ import pandas as pd
 
 from gqa_sweep.report import stability
 from gqa_sweep.report.cells import (
-    _counts,
-    _ppl_stats,
     best_lr_at_edge,
     best_lr_runs,
     is_conversion,
     loss_by_lr,
     mean_std,
+    run_stats,
 )
 from gqa_sweep.report.load import DASH, prepare
 
@@ -53,9 +52,8 @@ def _reading(cell: pd.DataFrame, lr: float | None) -> dict:
     runs = best_lr_runs(cell) if lr is None else cell[cell.lr == lr]
     if runs.empty:
         return {}
-    done = runs[runs.status == "completed"]
     return {
-        **_ppl_stats(done), **_counts(runs), "lr": runs.lr.iloc[0],
+        **run_stats(runs), "lr": runs.lr.iloc[0],
         "lr_at_edge": lr is None and best_lr_at_edge(cell),
         "n_params_non_embedding": runs.n_params_non_embedding.median(),
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from gqa_sweep.report import stability
-from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion, mean_std, num
+from gqa_sweep.report.cells import best_lr_runs, is_conversion, mean_std, num, run_stats
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {"layouts": "KV-head layouts at equal KV bytes per token: per-layer G and G × d_head trades"}
@@ -37,12 +37,11 @@ def layouts_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, layout, d_head), cell in df.groupby(["model", "kv_layout", "d_head"], observed=True, sort=True):
         cell = best_lr_runs(cell)
-        done = cell[cell.status == "completed"]
         rows.append({
             "model": str(model), "layout": layout, "uniform": _is_uniform(layout), "d_head": int(d_head),
             "default_d_head": int(d_head) * int(cell.n_heads.iloc[0]) == int(cell.d_model.iloc[0]),
             "kv_bytes_per_token": cell.kv_bytes_per_token.median(), "n_params": cell.n_params.median(),
-            "lr": cell.lr.iloc[0], **_ppl_stats(done), **_counts(cell),
+            "lr": cell.lr.iloc[0], **run_stats(cell),
         })  # fmt: skip
     table = pd.DataFrame(rows)
     ref = table[table.uniform & table.default_d_head].set_index(["model", "kv_bytes_per_token"]).val_ppl_mean

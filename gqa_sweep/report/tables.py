@@ -19,8 +19,6 @@ import pandas as pd
 from gqa_sweep.model.kv_formula import DTYPE_BYTES, kv_elements_per_layer
 from gqa_sweep.report import conversion, fair, layouts, recall, scaling, stability, variants
 from gqa_sweep.report.cells import (
-    _counts,
-    _ppl_stats,
     best_lr_at_edge,
     best_lr_runs,
     is_conversion,
@@ -28,6 +26,8 @@ from gqa_sweep.report.cells import (
     loss_init,
     mean_std,
     num,
+    run_stats,
+    status_counts,
 )
 from gqa_sweep.report.latex import latex_table
 from gqa_sweep.report.load import DASH, prepare
@@ -117,8 +117,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
             "n_params": cell.n_params.median(),
             "kv_bytes_per_token": _kv_bytes(cell),
             "kv_pct_of_mha": 100.0 * G / H,
-            **_ppl_stats(done),
-            **_counts(cell),
+            **run_stats(cell),
             "val_loss_mean": done.val_loss.mean(),
             # Throughput of runs that shared their cores: left out where quiet runs exist, else shown and flagged.
             **_speed(done),
@@ -171,7 +170,7 @@ def lr_sensitivity_table(runs: pd.DataFrame) -> pd.DataFrame:
             "best_lr_at_edge": best_lr_at_edge(cell),
             "lr_sensitivity": (capped - capped.min()).mean(),
             "n_lrs": len(capped),
-            **_counts(cell),
+            **status_counts(cell),
         }
         rows.append(row)
     table = pd.DataFrame(rows)

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gqa_sweep.report.cells import _counts, _ppl_stats, best_lr_runs, is_conversion, mean_std, num
+from gqa_sweep.report.cells import best_lr_runs, is_conversion, mean_std, num, run_stats
 from gqa_sweep.report.load import DASH, prepare
 
 TITLES = {"variants": "Attention variants at their KV bytes per token: MHA / GQA / MQA, GTA and MLA"}
@@ -80,12 +80,11 @@ def variants_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (model, variant), cell in df.groupby(["model", "variant"], observed=True, sort=False):
         best = best_lr_runs(cell)
-        done = best[best.status == "completed"]
         G = None if best.attention.iloc[0] == "mla" else int(best.n_kv_heads.iloc[0])
         rows.append({
             "model": str(model), "variant": variant, "attention": best.attention.iloc[0], "G": G,
             "kv_bytes_per_token": best.kv_bytes_per_token.median(), "n_params": best.n_params.median(),
-            "lr": best.lr.iloc[0], "n_lrs": cell.lr.nunique(), **_ppl_stats(done), **_counts(best),
+            "lr": best.lr.iloc[0], "n_lrs": cell.lr.nunique(), **run_stats(best),
         })  # fmt: skip
     table = pd.DataFrame(rows).sort_values(["model", "kv_bytes_per_token", "val_ppl_mean"], ignore_index=True)
     mha = table[table.variant == "MHA"].set_index("model").val_ppl_mean
