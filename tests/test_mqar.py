@@ -135,6 +135,10 @@ def test_batches_single_segment_and_seeded(tmp_path):
                               "set data.block_size=64"),
         (dict(test_segments=[64, 4]), "data.test_segments=[64, 4] must be a list of [seq_len, num_kv_pairs] pairs, "
                                       "e.g. data.test_segments=[[64,4],[128,8]]"),
+        (dict(num_kv_pair=4), "data.num_kv_pair is not a setting of data=mqar; its settings are vocab_size, seq_len, "
+                              "num_kv_pairs, train_segments, test_segments, num_train, num_test, power_a, "
+                              "random_non_queries, gen_seed, source, block_size, batch_size, seed, max_steps, "
+                              "cache_dir, num_workers, allow_repeats"),
     ],
 )
 def test_bad_settings_fail_with_the_fix(kw, message):

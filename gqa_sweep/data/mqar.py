@@ -143,8 +143,17 @@ MQAR_DEFAULTS = {"vocab_size": 8192, "seq_len": 64, "num_kv_pairs": 4, "train_se
                  "num_train": 20_000, "num_test": 1_000, "power_a": 0.01, "random_non_queries": True, "gen_seed": 0}
 
 
+# The data group's other keys: batching (MQARDataModule's own arguments) and the planner's allow_repeats switch.
+BATCH_KEYS = ("source", "block_size", "batch_size", "seed", "max_steps", "cache_dir", "num_workers", "allow_repeats")
+
+
 def spec_of(d: dict) -> MQARSpec:
-    """The MQAR spec of a data config (`data=mqar` keys, defaults as conf/data/mqar.yaml)."""
+    """The MQAR spec of a data config (`data=mqar` keys, defaults as conf/data/mqar.yaml); a key that is neither
+    the task's nor the batching's is refused by name."""
+    unknown = sorted(set(d) - set(MQAR_DEFAULTS) - set(BATCH_KEYS))
+    if unknown:
+        raise DataError(f"data.{unknown[0]} is not a setting of data=mqar; its settings are "
+                        f"{', '.join(list(MQAR_DEFAULTS) + list(BATCH_KEYS))}")  # fmt: skip
     d = {**MQAR_DEFAULTS, **{k: v for k, v in d.items() if k in MQAR_DEFAULTS}}
     default = Segment(int(d["seq_len"]), int(d["num_kv_pairs"]))
     return MQARSpec(

@@ -47,29 +47,13 @@ class MQARDataModule(L.LightningDataModule):
     name = "mqar"
     tokenizer_label = "mqar"
 
-    def __init__(
-        self,
-        source: str = "mqar",
-        vocab_size: int = 8192,
-        seq_len: int = 64,
-        num_kv_pairs: int = 4,
-        train_segments: list | None = None,
-        test_segments: list | None = None,
-        num_train: int = 20_000,
-        num_test: int = 1_000,
-        power_a: float = 0.01,
-        random_non_queries: bool = True,
-        gen_seed: int = 0,
-        block_size: int = 64,
-        batch_size: int = 32,
-        seed: int = 0,
-        max_steps: int = 1000,
-        cache_dir: str = "~/.cache/gqa-sweep",
-        num_workers: int = 0,
-    ) -> None:
+    def __init__(self, block_size: int = 64, batch_size: int = 32, seed: int = 0, max_steps: int = 1000,
+                 cache_dir: str = "~/.cache/gqa-sweep", num_workers: int = 0, source: str = "mqar",
+                 **generator) -> None:  # fmt: skip
+        """`generator`: the task's settings, MQAR_DEFAULTS' keys (conf/data/mqar.yaml); any other key is refused."""
         super().__init__()
-        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.spec = check_mqar(args)
+        self.spec = check_mqar({**generator, "block_size": block_size, "batch_size": batch_size,
+                                "max_steps": max_steps})  # fmt: skip
         self.block_size, self.batch_size = int(block_size), int(batch_size)
         self.seed, self.max_steps, self.num_workers = int(seed), int(max_steps), int(num_workers)
         self.cache_dir = Path(os.path.expanduser(cache_dir))
