@@ -9,7 +9,7 @@ import pytest
 
 from gqa_sweep.bench.cli import main
 from gqa_sweep.bench.serve import batches
-from gqa_sweep.model import kv
+from gqa_sweep.model import kv_cli
 from gqa_sweep.model.shape import ModelConfig, divisors
 from gqa_sweep.model.transformer import DecoderLM
 from tests.bench_helpers import assert_finite_positive, assert_header
@@ -59,7 +59,7 @@ def test_mha_stops_first_at_the_batch_gqa_kv_computes(serve, capsys):
         per_seq = 2 * G * cfg.d_head * cfg.n_layers * 32 * 4
         assert w + largest[G] * per_seq <= memory < w + (largest[G] + 1) * per_seq
         # The gqa-kv CLI, same shape, budget and weights, prints the same max batch.
-        assert kv.main(["--layers", "2", "--heads", "4", "--kv-heads", str(G), "--head-dim", str(cfg.d_head),
+        assert kv_cli.main(["--layers", "2", "--heads", "4", "--kv-heads", str(G), "--head-dim", str(cfg.d_head),
                         "--seq", "32", "--dtype", "fp32", "--memory", str(memory), "--weights-bytes", str(w),
                         "--format", "csv"]) == 0  # fmt: skip
         table = pd.read_csv(io.StringIO(capsys.readouterr().out))

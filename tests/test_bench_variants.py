@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from gqa_sweep.bench.cli import main
-from gqa_sweep.model import kv
+from gqa_sweep.model import kv_cli
 from gqa_sweep.model.shape import ModelConfig
 from gqa_sweep.model.transformer import DecoderLM
 
@@ -44,7 +44,7 @@ def test_serve_largest_batch_per_variant_is_what_gqa_kv_computes(tmp_path, capsy
         w = DecoderLM(cfg).num_params() * 4
         assert largest[case] == (700_000 - w) // (cfg.kv_bytes_per_token(4) * 16)
         flags = [] if att == "gqa" else ["--attention", att]
-        assert kv.main([*flags, "--layers", "2", "--heads", "4", "--kv-heads", str(G), "--head-dim", "16",
+        assert kv_cli.main([*flags, "--layers", "2", "--heads", "4", "--kv-heads", str(G), "--head-dim", "16",
                         "--seq", "16", "--dtype", "fp32", "--memory", "700000", "--weights-bytes", str(w),
                         "--format", "csv"]) == 0  # fmt: skip
         table = pd.read_csv(io.StringIO(capsys.readouterr().out))

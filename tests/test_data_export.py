@@ -14,7 +14,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from gqa_sweep.data.tokenizers import CharTokenizer, hf_tokenizer
+from gqa_sweep.data.tokenizer_export import hf_tokenizer
+from gqa_sweep.data.tokenizers import CharTokenizer
 from gqa_sweep.hf.export import export_main
 from gqa_sweep.model.shape import ModelConfig
 from gqa_sweep.model.transformer import DecoderLM

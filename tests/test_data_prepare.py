@@ -229,7 +229,8 @@ def ranks_file(path: Path, merges: list[bytes]) -> Path:
 
 
 def test_tiktoken_local_rank_file_and_its_hf_export(tmp_path):
-    from gqa_sweep.data.tokenizers import hf_tokenizer, load_tiktoken
+    from gqa_sweep.data.tokenizer_export import hf_tokenizer
+    from gqa_sweep.data.tokenizers import load_tiktoken
 
     f = ranks_file(tmp_path / "mini.tiktoken", [b"th", b"the", b" the", b"er", b"ke", b"ker"])
     tok = load_tiktoken(f"tiktoken:{f}")

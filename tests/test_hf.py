@@ -365,7 +365,8 @@ def test_exported_run_generates_our_text_in_a_pipeline(tiny_sweep: Path, tmp_pat
 
 @pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
 def test_hf_tokenizer_has_our_ids(kind: str) -> None:
-    from gqa_sweep.data.tokenizers import BpeTokenizer, ByteTokenizer, CharTokenizer, hf_tokenizer
+    from gqa_sweep.data.tokenizer_export import hf_tokenizer
+    from gqa_sweep.data.tokenizers import BpeTokenizer, ByteTokenizer, CharTokenizer
 
     text = "ROMEO:\nBut soft, what light  through yonder\twindow breaks? é ü 日本 🙂\n\n"
     tok = {"char": lambda: CharTokenizer("".join(sorted(set(text)))), "byte": ByteTokenizer,
@@ -376,7 +377,8 @@ def test_hf_tokenizer_has_our_ids(kind: str) -> None:
 
 
 def test_byte_model_export_generates_our_text_in_a_pipeline(tmp_path: Path) -> None:
-    from gqa_sweep.data.tokenizers import ByteTokenizer, hf_tokenizer
+    from gqa_sweep.data.tokenizer_export import hf_tokenizer
+    from gqa_sweep.data.tokenizers import ByteTokenizer
 
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig(vocab_size=256, block_size=64, n_layers=1, d_model=32, n_heads=4, n_kv_heads=2))

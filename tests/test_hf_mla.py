@@ -72,7 +72,8 @@ def test_deepseek_configs_we_cannot_load_are_named() -> None:
 
 
 def test_mla_export_dir_loads_in_a_pipeline_and_generates_our_text(tmp_path: Path) -> None:
-    from gqa_sweep.data.tokenizers import ByteTokenizer, hf_tokenizer
+    from gqa_sweep.data.tokenizer_export import hf_tokenizer
+    from gqa_sweep.data.tokenizers import ByteTokenizer
 
     torch.manual_seed(0)
     model = DecoderLM(ModelConfig(vocab_size=256, block_size=64, n_layers=1, d_model=32, n_heads=4, n_kv_heads=1,

@@ -17,10 +17,10 @@ from gqa_sweep.model.kv import (
     human_bytes,
     kv_cache_bytes,
     kv_table,
-    main,
     max_batch_size,
     parse_bytes,
 )
+from gqa_sweep.model.kv_cli import main
 from gqa_sweep.model.shape import ModelConfig
 
 SEED_ARGS = ["--preset", "llama3-70b", "--seq", "8192", "--batch", "16", "--dtype", "fp16"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gqa_sweep.model.kv import main
+from gqa_sweep.model.kv_cli import main
 from gqa_sweep.model.kv_variants import variant_table
 from gqa_sweep.model.shape import ModelConfig
 

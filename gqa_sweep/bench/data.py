@@ -83,7 +83,8 @@ def texts_of(path: Path, limit: int) -> list[str]:
 
 def make_tokenizers(work: Path, sample: Path) -> dict[str, str]:
     """A 32k byte-level BPE (tokenizer.json) and its ranks as a tiktoken file, trained on 8 MiB of the corpus."""
-    from gqa_sweep.data.tokenizers import BpeTokenizer, bytes_to_unicode
+    from gqa_sweep.data.tokenizer_export import bytes_to_unicode
+    from gqa_sweep.data.tokenizers import BpeTokenizer
 
     tj, tt = work / "bpe32k" / "tokenizer.json", work / "bpe32k" / "bpe32k.tiktoken"
     if not tj.exists():
@@ -246,10 +247,11 @@ times = []
 for _ in range(999):
     t = time.perf_counter(); next(it); times.append(time.perf_counter() - t)
 rss1, anon1, file1 = mem()
-from gqa_sweep.model.shape import ModelConfig
+from gqa_sweep.model.shape import build_shape
 from gqa_sweep.model.transformer import DecoderLM
 torch.manual_seed(0)
-m = DecoderLM(ModelConfig(vocab_size=32768, block_size=256, n_layers=2, d_model=128, n_heads=4, n_kv_heads=2))
+m = DecoderLM(build_shape({"vocab_size": 32768, "block_size": 256, "n_layers": 2, "d_model": 128, "n_heads": 4,
+                           "n_kv_heads": 2}))
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
 xs, ys = x[:4, :256], y[:4, :256]
 steps = []

@@ -30,7 +30,7 @@ import numpy as np
 
 from gqa_sweep.data.common import CACHE_FORMAT, DataError, atomic_write, token_dtype
 from gqa_sweep.data.progress import Progress, counted
-from gqa_sweep.data.shards import HEADER_BYTES, inspect, shard_header
+from gqa_sweep.data.shards import ShardWriter, inspect
 from gqa_sweep.data.tokenizers import (
     BpeTokenizer,
     ByteTokenizer,
@@ -107,93 +107,6 @@ def cache_key(d: dict, source, tok_settings: dict) -> str:
         "shard_tokens": int(d.get("shard_tokens") or DEFAULT_SHARD_TOKENS),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
-
-
-# ------------------------------------------------------------------------------------------------- writer
-
-
-class ShardWriter:
-    """Appends ids to `{split}-{k:05d}.bin`, `shard_tokens` per file; the open shard is `.{name}.partial`."""
-
-    def __init__(self, out: Path, split: str, shard_tokens: int, dtype: np.dtype, vocab: int, delim: int | None,
-                 progress: Progress, state: dict | None = None) -> None:
-        self.out, self.split, self.cap, self.dtype = out, split, shard_tokens, np.dtype(dtype).newbyteorder("<")
-        self.vocab, self.delim, self.progress = vocab, delim, progress
-        self.done: list[dict] = []  # {"file", "tokens", "docs"} of finished shards
-        self.n, self.docs, self.f = 0, 0, None
-        if state:
-            self._restore(state)
-
-    def name(self, k: int) -> str:
-        return f"{self.split}-{k:05d}.bin"
-
-    def partial(self, k: int) -> Path:
-        return self.out / f".{self.name(k)}.partial"
-
-    def _restore(self, state: dict) -> None:
-        self.done = state["done"]
-        for s in self.done:
-            if inspect(self.out / s["file"]).n_tokens != s["tokens"]:
-                raise DataError(f"{self.out / s['file']} does not match the prepare state")
-        k, n = len(self.done), state["tokens"]
-        final, part = self.out / self.name(k), self.partial(k)
-        if final.exists():  # finished after the state was saved: reopen it as the partial shard
-            os.replace(final, part)
-        for p in list(self.out.glob(f"{self.split}-*.bin")) + list(self.out.glob(f".{self.split}-*.partial")):
-            if p not in (part,) and p.name not in {s["file"] for s in self.done}:
-                p.unlink()
-        if n:
-            if not part.exists() or part.stat().st_size < HEADER_BYTES + n * self.dtype.itemsize:
-                raise DataError("partial shard shorter than the prepare state")
-            self.f = open(part, "r+b")  # noqa: SIM115 (held open across writes)
-            self.f.truncate(HEADER_BYTES + n * self.dtype.itemsize)
-            self.f.seek(0, os.SEEK_END)
-        self.n, self.docs = n, state["docs"]
-
-    def state(self) -> dict:
-        if self.f is not None:
-            self.f.flush()
-            os.fsync(self.f.fileno())
-        return {"done": self.done, "tokens": self.n, "docs": self.docs}
-
-    def write(self, ids: np.ndarray, new_docs: int) -> bool:
-        """Append; True when a shard was finished."""
-        self.docs += new_docs
-        finished = False
-        while len(ids):
-            if self.f is None:
-                self.f = open(self.partial(len(self.done)), "wb")  # noqa: SIM115
-                self.f.write(bytes(HEADER_BYTES))
-            take = ids[: self.cap - self.n]
-            self.f.write(take.astype(self.dtype, copy=False).tobytes())
-            self.n += len(take)
-            ids = ids[len(take):]
-            if self.n == self.cap:
-                self.finish()
-                finished = True
-        return finished
-
-    def finish(self) -> None:
-        """Header with the final count, fsync, rename: the shard appears whole or not at all."""
-        if self.f is None:
-            return
-        k = len(self.done)
-        self.f.seek(0)
-        self.f.write(shard_header(self.n, self.dtype, self.vocab, self.delim))
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
-        self.f = None
-        os.replace(self.partial(k), self.out / self.name(k))
-        self.done.append({"file": self.name(k), "tokens": self.n, "docs": self.docs})
-        docs = f", {counted(self.docs, 'document')}" if self.docs else ""  # a corpus without documents: none
-        self.progress.note(f"wrote shard {self.name(k)} ({self.n:,} tokens{docs})")
-        self.n, self.docs = 0, 0
-
-    def close(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
 
 
 # ----------------------------------------------------------------------------------------------- tokenizer

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from gqa_sweep.config import ConfigError
-from gqa_sweep.data.tokenizers import hf_tokenizer
+from gqa_sweep.data.tokenizer_export import hf_tokenizer
 from gqa_sweep.spec import RunSpec, thawed
 from gqa_sweep.train.module import LMModule
 
