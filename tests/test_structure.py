@@ -93,3 +93,13 @@ def test_build_shape_refuses_what_is_not_a_shape(extra: dict, message: str) -> N
     with pytest.raises(ValueError) as e:
         build_shape({**BASE, **extra})
     assert message in str(e.value)
+
+
+def test_the_readme_is_a_front_page() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 20_000, "README.md over 20 KB: move measured tables to docs/results.md"
+    head = readme.splitlines()[:40]
+    install = "pip install torch==2.13.0 -e . && gqa-sweep -m"
+    tests = 'pip install torch==2.13.0 -e ".[dev]" && python -m pytest -q'
+    assert any(line.startswith(install) for line in head) and any(line.startswith(tests) for line in head)
+    assert "python -m pytest -q" in (ROOT / ".ci" / "run").read_text()  # CI runs the README's test command
