@@ -4,6 +4,7 @@ shape is built in one place, the config is resolved only by the planner, no two 
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gqa_sweep.model.shape import ModelConfig, build_shape, matched_d_ff
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY, sweep_env
 
 PACKAGE = ROOT / "gqa_sweep"
 
@@ -66,6 +67,40 @@ def test_no_two_modules_import_each_other(tmp_path) -> None:
     target = tmp_path / "gqa_sweep" / "model" / "kv_formula.py"
     target.write_text(target.read_text() + "\n\ndef _planted():\n    from gqa_sweep.model import shape\n")
     assert circles(tmp_path) == "[('gqa_sweep.model.kv_formula', 'gqa_sweep.model.shape')]"
+
+
+# One run, planned and trained, with a profile hook that records every call entering config.py from outside it.
+TRACE = """
+import collections, json, sys
+from hydra import compose, initialize_config_module
+from gqa_sweep.run.train import run
+
+with initialize_config_module("gqa_sweep.conf", version_base=None):
+    cfg = compose("config", overrides=sys.argv[1:])
+sites = collections.Counter()
+
+def hook(frame, event, arg):
+    if event == "call" and frame.f_code.co_filename.endswith("gqa_sweep/config.py"):
+        back = frame.f_back
+        if back is not None and not back.f_code.co_filename.endswith("gqa_sweep/config.py"):
+            sites[back.f_code.co_filename.split("gqa_sweep/")[-1] + " -> " + frame.f_code.co_name] += 1
+
+sys.setprofile(hook)
+row = run(cfg)
+sys.setprofile(None)
+print(json.dumps({"status": row["status"], "sites": sorted(sites)}))
+"""
+
+
+def test_the_run_enters_config_py_at_most_three_times(tmp_path) -> None:
+    """The spec is built once (plan.check_inputs validates, spec.build_spec identifies); no step of the run goes
+    back to the config after that."""
+    out = subprocess.run([sys.executable, "-c", TRACE, *TINY, f"results_dir={tmp_path}"], cwd=tmp_path,
+                         env=sweep_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["status"] == "completed"
+    assert result["sites"] == ["plan.py -> validate", "spec.py -> identify"]
 
 
 BASE = {"vocab_size": 61, "block_size": 32, "n_layers": 2, "d_model": 64, "n_heads": 8, "n_kv_heads": 2}

@@ -27,23 +27,21 @@ from gqa_sweep.bench.common import (
     weight_bytes,
 )
 from gqa_sweep.bench.steps import decoder_fn
+from gqa_sweep.model.kv_formula import attention_type
 from gqa_sweep.model.shape import ModelConfig, divisors
 from gqa_sweep.model.transformer import DecoderLM
 
 
 def variant_config(a: argparse.Namespace, attention: str, G: int, block: int) -> ModelConfig:
     """The preset's shape with this attention type (MLA's G is ignored: it has none)."""
-    knobs = {"rope_dim": getattr(a, "rope_dim", None)} if attention != "gqa" else {}
-    if attention == "mla":
-        knobs["kv_lora_rank"] = getattr(a, "kv_lora_rank", None)
+    knobs = {k: getattr(a, k, None) for k in attention_type(attention).knobs}  # None: the knob's default
     return replace(model_config(a, G, block), attention=attention, **knobs)
 
 
 def cases(a: argparse.Namespace) -> list[tuple[str, int | None]]:
     """(attention, G) per row: every G dividing H for GQA and GTA, one row for MLA (no G)."""
     H = model_config(a, 1).n_heads
-    return [(att, None) if att == "mla" else (att, G) for att in a.attention
-            for G in ([None] if att == "mla" else divisors(H))]  # fmt: skip
+    return [(att, G) for att in a.attention for G in (divisors(H) if attention_type(att).grouped else [None])]
 
 
 def kind(attention: str, G: int | None, H: int) -> str:

@@ -49,6 +49,7 @@ class AttentionType:
     layer_params: Callable[..., int]  # (shape, G of the layer) -> attention parameters of one layer
     module: str  # class name in gqa_sweep/model/attention.py
     cache: str  # class name in gqa_sweep/model/cache.py
+    grouped: bool = True  # caches per KV group, so it has a G; MLA caches one latent per token and has none
 
 
 ATTENTION_TYPES: dict[str, AttentionType] = {
@@ -57,7 +58,8 @@ ATTENTION_TYPES: dict[str, AttentionType] = {
         AttentionType("gqa", (), lambda G, D, dr, dc: 2 * G * D, _gqa_params, "GQAAttention", "KVCache"),
         AttentionType("gta", ("rope_dim",), lambda G, D, dr, dc: G * D + dr, _gta_params, "GTAAttention",
                       "TiedCache"),
-        AttentionType("mla", MLA_KNOBS, lambda G, D, dr, dc: dc + dr, _mla_params, "MLAAttention", "LatentCache"),
+        AttentionType("mla", MLA_KNOBS, lambda G, D, dr, dc: dc + dr, _mla_params, "MLAAttention", "LatentCache",
+                      grouped=False),
     )
 }
 ATTENTIONS = tuple(ATTENTION_TYPES)

@@ -162,7 +162,7 @@ class ModelConfig:
     @property
     def kv_groups(self) -> int | list[int] | None:
         """G of the rows: None for MLA, which caches one latent per token and has no KV groups."""
-        return None if self.attention == "mla" else self.n_kv_heads
+        return self.n_kv_heads if attention_type(self.attention).grouped else None
 
     @property
     def rope_dims(self) -> int:

@@ -43,10 +43,10 @@ def describe_run(spec: RunSpec, module: LMModule, dm, parent_id: str | None, clo
         "attention": m.attention,
         "n_heads": m.n_heads,
         "n_kv_heads": m.kv_groups if m.uniform else None,  # MLA: none (one latent per token, no G)
-        "kv_layout": m.kv_layout if m.attention != "mla" else None,
-        "group_size": m.group_size if m.attention != "mla" else None,
-        "kv_lora_rank": m.kv_lora_rank if m.attention == "mla" else None,
-        "rope_dim": m.rope_dim if m.attention != "gqa" else None,
+        "kv_layout": m.kv_layout if m.kv_groups is not None else None,
+        "group_size": m.group_size if m.kv_groups is not None else None,
+        "kv_lora_rank": m.kv_lora_rank,  # None unless the type has the knob (ModelConfig refuses it elsewhere)
+        "rope_dim": m.rope_dim,
         "n_layers": m.n_layers,
         "d_model": m.d_model,
         "d_head": m.d_head,
