@@ -68,10 +68,11 @@ def _bad_fresh(tmp: Path) -> list[tuple[list[str], str, dict]]:
         (["data=hf", "data.name=wikitext", "data.config=wikitext-2-raw-v1"], "could not be reached",
          {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}),
         (["progress=loud"], "progress='loud'; choose progress=auto, progress=bar or progress=lines", {}),
+        (["+model.n_kv_head=2"], "model: unknown model key(s) n_kv_head; the model's keys are vocab_size", {}),
     ]
 
 
-@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("case", range(6))
 def test_bad_input_on_a_fresh_results_dir_writes_nothing(case: int, tmp_path: Path) -> None:
     overrides, message, env = _bad_fresh(tmp_path)[case]
     results = tmp_path / "results"
