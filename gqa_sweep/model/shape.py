@@ -165,6 +165,12 @@ class ModelConfig:
         return self.n_kv_heads if attention_type(self.attention).grouped else None
 
     @property
+    def mha_twin(self) -> ModelConfig:
+        """The plain MHA model of this shape (G = H, GQA attention, the variants' knobs dropped): what param matching
+        matches and what the GPU decode sizes its batch by."""
+        return replace(self, n_kv_heads=self.n_heads, attention="gqa", **dict.fromkeys(MLA_KNOBS))
+
+    @property
     def rope_dims(self) -> int:
         """Dims RoPE rotates (and its frequency table spans): all of d_head for GQA, d_R for GTA and MLA."""
         return self.d_head if self.attention == "gqa" else self.rope_dim
@@ -257,7 +263,7 @@ def matched_d_ff(cfg: ModelConfig) -> int:
     to a multiple of 32 when that lands within 0.25 % of the target, else of 8, else to the nearest integer
     (then within 3 * d_model * n_layers / 2 parameters)."""
     cfg = replace(cfg, vocab_size=cfg.vocab_size or 1)  # the lm_head is the same on both sides: any vocabulary
-    mha = non_embedding_params(replace(cfg, n_kv_heads=cfg.n_heads, attention="gqa", **dict.fromkeys(MLA_KNOBS)))
+    mha = non_embedding_params(cfg.mha_twin)
     per_unit = 3 * cfg.d_model * cfg.n_layers  # parameters per unit of d_ff
     exact = cfg.d_ff + (mha - non_embedding_params(cfg)) / per_unit
     for multiple in (32, 8):

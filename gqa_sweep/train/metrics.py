@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from gqa_sweep.model.decode import StaticDecoder, resolve_mode
-from gqa_sweep.model.shape import MLA_KNOBS, ModelConfig, non_embedding_params, train_flops_per_token
+from gqa_sweep.model.shape import ModelConfig, non_embedding_params, train_flops_per_token
 from gqa_sweep.model.transformer import DecoderLM
 
 # Dense peak FLOP/s per device (vendor datasheets, no sparsity). Keys are substrings of
@@ -115,7 +114,7 @@ def cache_bound_batch(cfg: ModelConfig, floor: int, elem: int, free_bytes: float
     """Smallest power-of-two batch >= `floor` whose G=H (MHA) cache of block_size tokens per sequence holds
     CACHE_OVER_WEIGHTS x the MHA model's matmul weights: the same batch for every G of a sweep. Halved (not below
     `floor`) while that cache would take over half of `free_bytes`."""
-    mha = replace(cfg, n_kv_heads=cfg.n_heads, attention="gqa", **dict.fromkeys(MLA_KNOBS))
+    mha = cfg.mha_twin
     per_seq, weights = mha.kv_bytes_per_token(elem) * mha.block_size, non_embedding_params(mha) * elem
     batch = 1 << max(floor - 1, 0).bit_length()
     while batch * per_seq < CACHE_OVER_WEIGHTS * weights:
