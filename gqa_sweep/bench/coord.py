@@ -83,9 +83,9 @@ def coord_table(widths: list[int], steps: int, lr: float, seeds: int, n_layers: 
         for p in parametrizations:
             for G in sorted({1, n_heads}):
                 for width in widths:
-                    cfg = build_shape({"vocab_size": vocab, "block_size": seq, "n_layers": n_layers,
-                                       "d_model": width, "n_heads": n_heads, "n_kv_heads": G, "parametrization": p,
-                                       "mup_base_width": widths[0] if p == "mup" else None})  # fmt: skip
+                    cfg = build_shape(vocab_size=vocab, block_size=seq, n_layers=n_layers, d_model=width,
+                                      n_heads=n_heads, n_kv_heads=G, parametrization=p,
+                                      mup_base_width=widths[0] if p == "mup" else None)  # fmt: skip
                     for t, r in enumerate(coord_run(cfg, batches, lr, seed)):
                         rows.append({"parametrization": p, "G": G, "width": width, "step": t, "seed": seed, **r})
     df = pd.DataFrame(rows)

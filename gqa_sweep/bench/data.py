@@ -250,8 +250,7 @@ rss1, anon1, file1 = mem()
 from gqa_sweep.model.shape import build_shape
 from gqa_sweep.model.transformer import DecoderLM
 torch.manual_seed(0)
-m = DecoderLM(build_shape({"vocab_size": 32768, "block_size": 256, "n_layers": 2, "d_model": 128, "n_heads": 4,
-                           "n_kv_heads": 2}))
+m = DecoderLM(build_shape(vocab_size=32768, block_size=256, n_layers=2, d_model=128, n_heads=4, n_kv_heads=2))
 opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
 xs, ys = x[:4, :256], y[:4, :256]
 steps = []

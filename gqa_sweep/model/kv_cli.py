@@ -13,17 +13,8 @@ import sys
 
 import pandas as pd
 
-from gqa_sweep.model.kv import (
-    DTYPE_BYTES,
-    PRESETS,
-    Preset,
-    divisors,
-    dtype_bytes,
-    human_bytes,
-    kv_cache_bytes,
-    kv_table,
-    parse_bytes,
-)
+from gqa_sweep.model.kv import PRESETS, Preset, dtype_bytes, human_bytes, kv_cache_bytes, kv_table, parse_bytes
+from gqa_sweep.model.kv_formula import DTYPE_BYTES, divisors
 
 SHAPE_FLAGS = ("layers", "heads", "kv_heads", "head_dim")
 

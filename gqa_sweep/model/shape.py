@@ -273,13 +273,14 @@ def matched_d_ff(cfg: ModelConfig) -> int:
     return max(1, round(exact))
 
 
-def build_shape(description: Mapping, **overrides) -> ModelConfig:
+def build_shape(description: Mapping | None = None, **overrides) -> ModelConfig:
     """The one place a shape is built. `description` is a model group (conf/model/*.yaml, a bench or scaling
     preset), a stored shape (`ModelConfig.to_dict()`: checkpoints, LMModule's hyperparameters) or an HF config's
     translation; `overrides` replace its keys. `name` is dropped, `param_match=ffn` widens d_ff to the MHA twin's
     parameter count, the vocabulary defaults to None (the data sets it), and any other key that is not a field is
-    refused by name, so a typo in a config never passes silently."""
-    d = {"vocab_size": None, **description, **overrides}
+    refused by name, so a typo in a config never passes silently. A shape written out in code passes its fields
+    as keywords alone."""
+    d = {"vocab_size": None, **(description or {}), **overrides}
     match = d.pop("param_match", "none")
     d.pop("name", None)
     known = [f.name for f in fields(ModelConfig)]

@@ -72,8 +72,8 @@ def member(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS, n_heads: int 
            vocab: int = VOCAB, block: int = BLOCK) -> ModelConfig:
     """A size of a ladder or of gqa-recommend's family: H heads of a fixed d_head at the given depth and width,
     every other field at its default (what a size file of conf/ladder sets)."""
-    return build_shape({"vocab_size": vocab, "block_size": block, "n_layers": n_layers, "d_model": d_model,
-                        "n_heads": n_heads, "n_kv_heads": n_kv_heads, "d_head": d_head})  # fmt: skip
+    return build_shape(vocab_size=vocab, block_size=block, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
+                       n_kv_heads=n_kv_heads, d_head=d_head)
 
 
 def mha_params(n_layers: int, d_model: int, n_kv_heads: int = N_HEADS) -> int:
